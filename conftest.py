@@ -1,0 +1,47 @@
+"""pytest glue: YAML hypotheses -> parametrized cases, and the session fixtures they use.
+
+Options, the run record and the report hook live in suite/plugin.py (a pytest plugin
+registered by the package's `pytest11` entry point).
+"""
+
+import pytest
+
+from fixtures.device import resolve_device
+from fixtures.registry import load_registry
+from suite.cases import Case
+from suite.errors import SuiteError
+from suite.plugin import RECORD, STATE, collect_cases, marks_for
+from suite.runner import skeleton
+from suite.session import RunContext
+from suite.verdicts import CaseResult
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" not in metafunc.fixturenames:
+        return
+    try:
+        cases, problem = collect_cases(metafunc.config.stash[STATE]), None
+    except SuiteError as exc:
+        cases, problem = [], str(exc)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    metafunc.parametrize("case", [pytest.param(c, id=c.case_id, marks=marks_for(c)) for c in cases])
+
+
+@pytest.fixture(scope="session")
+def suite_run(pytestconfig: pytest.Config) -> RunContext:
+    """The run's shared state: each model loaded once, on the chosen device."""
+    state = pytestconfig.stash[STATE]
+    try:
+        device = resolve_device(state.device_choice)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return RunContext(state.registry or load_registry(state.models_path), device)
+
+
+@pytest.fixture
+def case_record(request: pytest.FixtureRequest, case: Case) -> CaseResult:
+    """The case's record; it reaches the report even when the case raises."""
+    record = skeleton(case)
+    request.node.stash[RECORD] = record
+    return record

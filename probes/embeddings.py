@@ -1,0 +1,45 @@
+"""Per-KD measurements of a model: perturbation embeddings and output shifts.
+
+pert_embeddings: the pert_encoder output for every perturbation in the model's
+pert_onehot_map (NB02's "meaning" of each KD, before any cell is seen).
+
+output_shifts: ΔY_k = mean_c Y(cells, k) − mean_c Y(cells, control), the predicted
+shift of the mean expression under each KD on one sampled set of control cells,
+computed for many KDs per forward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .forward import check_supported, forward_sets, pert_representations
+
+
+@torch.no_grad()
+def pert_embeddings(module: torch.nn.Module, onehots: torch.Tensor) -> np.ndarray:
+    """[n_perts, H] pert_encoder outputs, in the order of `onehots`."""
+    return pert_representations(module, onehots).double().cpu().numpy()
+
+
+def sample_cells(cells: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """`size` control cells drawn without replacement with a seeded generator."""
+    if size > cells.shape[0]:
+        raise ValueError(f"asked for {size} cells but only {cells.shape[0]} control cells are available")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(cells.shape[0], generator=generator)[:size]
+    return cells[order.to(cells.device)]
+
+
+@torch.no_grad()
+def output_shifts(module: torch.nn.Module, onehots: torch.Tensor, control_index: int,
+                  cell_set: torch.Tensor, chunk_size: int = 64) -> np.ndarray:
+    """[n_perts, G] mean predicted shift of each perturbation relative to the control."""
+    check_supported(module)
+    reprs = pert_representations(module, onehots)
+    means = []
+    for start in range(0, reprs.shape[0], chunk_size):
+        block = reprs[start:start + chunk_size]
+        means.append(forward_sets(module, cell_set, block).mean(dim=1))
+    mean_y = torch.cat(means).double()
+    return (mean_y - mean_y[control_index]).cpu().numpy()

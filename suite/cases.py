@@ -1,0 +1,133 @@
+"""Expanding hypotheses over their axes into cases, one pytest test each.
+
+Axis values:
+  model:      'all' (every registry model) or a list of names
+  pathway:    'all' (every pathway of the panels) or a list of names
+  model_pair: 'cross_line' (same split, different cell_line), 'same_line' (same cell_line,
+              different split), 'all' (every pair) or a list of [model, model]
+The case id joins the hypothesis id and the axis values:
+`pert-embedding-coherence-hepg2_fewshot-ribosome`, `...-hepg2_fewshot-vs-jurkat_fewshot-...`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from .checks import CHECKS
+from .errors import SpecError, close_matches
+from .spec import Expectation, HypothesisSpec
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What case expansion needs to know about a registry model."""
+
+    name: str
+    cell_line: str
+    split: str
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    spec: HypothesisSpec
+    axes: dict[str, Any]             # {"model": "hepg2_fewshot", "pathway": "ribosome"} ...
+    expected: Expectation | None
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        if "model" in self.axes:
+            return (self.axes["model"],)
+        return tuple(self.axes.get("model_pair", ()))
+
+    def params(self) -> dict[str, Any]:
+        """Axis values (pairs as 'a-vs-b') for reports."""
+        return {k: "-vs-".join(v) if isinstance(v, tuple) else v for k, v in self.axes.items()}
+
+
+def expand_all(specs: list[HypothesisSpec], models: list[ModelInfo]) -> list[Case]:
+    cases = [case for spec in specs for case in expand(spec, models)]
+    seen: dict[str, Case] = {}
+    for case in cases:
+        if case.case_id in seen:
+            raise SpecError(f"two cases share the id '{case.case_id}'", file=case.spec.file, line=case.spec.line,
+                            hint="give the hypotheses ids that do not run into each other")
+        seen[case.case_id] = case
+    return cases
+
+
+def expand(spec: HypothesisSpec, models: list[ModelInfo]) -> list[Case]:
+    axis_names = CHECKS[spec.probe].axes
+    values = [_axis_values(spec, name, models) for name in axis_names]
+    cases = []
+    for combo in itertools.product(*values):
+        axes = dict(zip(axis_names, combo, strict=True))
+        parts = ["-vs-".join(v) if isinstance(v, tuple) else v for v in combo]
+        expected = _expected_for(spec, axes, {m.name: m for m in models})
+        cases.append(Case("-".join([spec.id, *parts]), spec, axes, expected))
+    return cases
+
+
+def _axis_values(spec: HypothesisSpec, axis: str, models: list[ModelInfo]) -> list[Any]:
+    chosen = spec.axes[axis]
+    names = [m.name for m in models]
+    if axis == "pathway":
+        return list(spec.panels) if chosen == "all" else list(chosen)
+    if axis == "model":
+        if chosen == "all":
+            return names
+        _require_models(spec, chosen, names)
+        return list(chosen)
+    return _model_pairs(spec, chosen, models)
+
+
+def _model_pairs(spec: HypothesisSpec, chosen: Any, models: list[ModelInfo]) -> list[tuple[str, str]]:
+    pairs = list(itertools.combinations(models, 2))
+    if chosen == "all":
+        return [(a.name, b.name) for a, b in pairs]
+    if chosen == "cross_line":
+        return [(a.name, b.name) for a, b in pairs if a.split == b.split and a.cell_line != b.cell_line]
+    if chosen == "same_line":
+        return [(a.name, b.name) for a, b in pairs if a.cell_line == b.cell_line and a.split != b.split]
+    if isinstance(chosen, str):
+        raise SpecError(f"unknown model_pair selector '{chosen}'", file=spec.file, line=spec.axes_line,
+                        field="axes.model_pair", hint="use cross_line, same_line, all or a list of pairs")
+    _require_models(spec, [n for pair in chosen for n in pair], [m.name for m in models])
+    return [tuple(pair) for pair in chosen]
+
+
+def _require_models(spec: HypothesisSpec, wanted: list[str], names: list[str]) -> None:
+    for name in wanted:
+        if name not in names:
+            hits = close_matches(name, names)
+            raise SpecError(f"model '{name}' is not in the models registry",
+                            file=spec.file, line=spec.axes_line, field="axes",
+                            hint=f"did you mean '{hits[0]}'?" if hits else f"registry models: {', '.join(names)}")
+
+
+def _expected_for(spec: HypothesisSpec, axes: dict[str, Any], models: dict[str, ModelInfo]) -> Expectation | None:
+    matches = [(i, e) for i, e in enumerate(spec.expected) if _matches(e.where, axes, models)]
+    verdicts = {e.verdict for _, e in matches}
+    if len(verdicts) > 1:
+        line = spec.expected_lines[matches[-1][0]] if spec.expected_lines else spec.line
+        raise SpecError(f"expectations disagree for one case ({', '.join(sorted(verdicts))})",
+                        file=spec.file, line=line, field="expected",
+                        hint="narrow the 'where' of one of them so each case gets one expected verdict")
+    return matches[0][1] if matches else None
+
+
+def _matches(where: dict, axes: dict[str, Any], models: dict[str, ModelInfo]) -> bool:
+    for key, want in where.items():
+        if key in axes:
+            have = axes[key]
+            if ("-vs-".join(have) if isinstance(have, tuple) else have) != str(want):
+                return False
+        elif key in ("cell_line", "split"):
+            model = models.get(axes.get("model", ""))
+            if model is None or getattr(model, key) != str(want):
+                return False
+        else:
+            return False
+    return True

@@ -1,0 +1,35 @@
+"""The probes a hypothesis can name: each turns a case into Evidence.
+
+A Check says which axes its hypotheses expand over, which parameters its YAML `params`
+accepts (a dataclass, validated on load), and the function that computes the evidence
+from the run's models. Add a probe by adding a module here and listing its checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..cases import Case
+    from ..session import RunContext
+    from ..verdicts import Evidence
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    axes: tuple[str, ...]
+    params: type
+    run: Callable[[Case, RunContext], Evidence]
+    summary: str
+
+
+def _registry() -> dict[str, Check]:
+    from . import pert_embedding
+
+    return {check.name: check for check in pert_embedding.CHECKS}
+
+
+CHECKS: dict[str, Check] = _registry()

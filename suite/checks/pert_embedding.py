@@ -1,0 +1,232 @@
+"""Perturbation-embedding checks (Option 2, NB02): is pathway biology in pert_encoder space?
+
+pert_embedding_coherence   per model and pathway: do the pathway's KDs sit closer together
+                           (cosine of pert_encoder outputs) than random KD sets do?
+pert_embedding_consistency per model pair and pathway: do the pathway's KDs keep the same
+                           nearest neighbours in both models? Its null relabels the second
+                           model's KDs: neighbourhoods unrelated across the two models.
+
+KDs with weak effects all collapse toward the control embedding and look "coherent"
+together. The default null is therefore a magnitude-stratified permutation: KDs are
+sorted by effect magnitude into strata of about `stratum_size`, and each null set keeps
+the members' count per stratum, drawn from the whole stratum (members included).
+`null_model: label_permutation` draws plain random sets, as the notebooks did.
+(Swapping each member for its nearest-magnitude non-members instead was anti-conservative
+at the weak end of the magnitude range, exactly where weak KDs collapse: tests/test_stats.py.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from scipy.stats import binomtest
+
+from probes.embeddings import output_shifts, pert_embeddings, sample_cells
+
+from .. import stats
+from ..verdicts import Evidence
+from . import Check
+from .members import resolve_members
+
+if TYPE_CHECKING:
+    from fixtures.arc_state import LoadedModel
+
+    from ..cases import Case
+    from ..session import RunContext
+
+@dataclass(frozen=True)
+class SetTestParams:
+    """Parameters every KD-set test shares: its null, its sample sizes and its seed."""
+
+    null_model: Literal["magnitude_stratified", "label_permutation"] = "magnitude_stratified"
+    magnitude: Literal["output_shift", "pert_repr_distance"] = "output_shift"
+    stratum_size: int = 10
+    n_permutations: int = 2000
+    n_bootstrap: int = 1000
+    min_members: int = 3
+    on_unknown: Literal["error", "drop"] = "error"
+    cell_set_size: int | None = None
+    seed: int = 0
+
+    LIMITS = {"stratum_size": (2, 100_000), "n_permutations": (99, 1_000_000), "n_bootstrap": (99, 1_000_000),
+              "min_members": (2, 100_000), "cell_set_size": (2, 1_000_000), "k": (1, 1000)}
+
+
+@dataclass(frozen=True)
+class CoherenceParams(SetTestParams):
+    statistic: Literal["within_minus_background", "nn_hit_rate"] = "within_minus_background"
+    center: Literal["none", "control"] = "none"      # cosine of raw pert_encoder outputs, as NB02
+
+
+@dataclass(frozen=True)
+class ConsistencyParams(SetTestParams):
+    k: int = 5
+    # displacements from the control: in raw cosine every KD's nearest neighbours are the most
+    # collapsed KDs in any model, which reads as agreement (tests/test_stats.py)
+    center: Literal["none", "control"] = "control"
+
+
+def coherence(case: Case, ctx: RunContext) -> Evidence:
+    p: CoherenceParams = case.spec.params
+    model = ctx.model(case.axes["model"])
+    panel = case.spec.panels[case.axes["pathway"]]
+    kds = model.kd_names
+    present, dropped = resolve_members(panel.kds, kds, model.gene_universe, panel=panel, model=model.name,
+                                       what="KDs", on_unknown=p.on_unknown, min_members=p.min_members)
+    sim = _kd_similarity(ctx, model, p.center)
+    members = np.array([kds.index(k) for k in present])
+    everyone = np.arange(len(kds))
+    null_sets = _null_sets(p, members, len(kds), lambda: _magnitudes(ctx, model, p))
+    background = stats.mean_pairwise(sim, everyone)
+    if p.statistic == "nn_hit_rate":
+        return _hit_rate_evidence(p, sim, members, everyone, null_sets, dropped, model)
+    result = stats.set_permutation_test(lambda s: stats.mean_pairwise(sim, s), members, null_sets)
+    ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(sim, s) - background, members,
+                            np.random.default_rng(p.seed), p.n_bootstrap)
+    return Evidence(
+        statistic="mean within-pathway cosine - mean all-pairs cosine",
+        value=result.observed - background, effect=result.observed - background, ci=ci, p=result.p,
+        n=_sizes(p, members, kds, model), null=_null_text(p, len(members), len(kds)), seed=p.seed,
+        details={"within": result.observed, "background": background, "null_mean_within": result.null_mean,
+                 "null_sd_within": result.null_sd, "z": result.z,
+                 "excess_over_null": result.observed - result.null_mean,
+                 "nn_hit_rate": stats.nn_hit_rate(sim, members, everyone), "members": present, "dropped": dropped,
+                 "null_histogram": _histogram(result.null, result.observed)})
+
+
+def _hit_rate_evidence(p: CoherenceParams, sim, members, everyone, null_sets, dropped, model) -> Evidence:
+    result = stats.set_permutation_test(lambda s: stats.nn_hit_rate(sim, s, everyone), members, null_sets)
+    hits = round(result.observed * len(members))
+    low, high = binomtest(hits, len(members)).proportion_ci(method="wilson")
+    present = [model.kd_names[i] for i in members]
+    return Evidence(
+        statistic="nearest-neighbour hit rate", value=result.observed, effect=result.observed - result.null_mean,
+        ci=(low - result.null_mean, high - result.null_mean), p=result.p,
+        n=_sizes(p, members, model.kd_names, model), null=_null_text(p, len(members), len(model.kd_names)),
+        seed=p.seed, details={"null_mean": result.null_mean, "z": result.z, "members": present, "dropped": dropped,
+                              "hits": hits, "null_histogram": _histogram(result.null, result.observed)})
+
+
+def consistency(case: Case, ctx: RunContext) -> Evidence:
+    p: ConsistencyParams = case.spec.params
+    model_a, model_b = (ctx.model(n) for n in case.axes["model_pair"])
+    panel = case.spec.panels[case.axes["pathway"]]
+    shared = [k for k in model_a.kd_names if k in set(model_b.kd_names)]
+    present, dropped = resolve_members(panel.kds, shared, model_a.gene_universe | model_b.gene_universe,
+                                       panel=panel, model=f"{model_a.name} and {model_b.name}", what="KDs",
+                                       on_unknown=p.on_unknown, min_members=p.min_members)
+    nn_a, nn_b = (stats.knn_table(_restrict(ctx, m, shared, p.center), p.k) for m in (model_a, model_b))
+    members = np.array([shared.index(k) for k in present])
+    perms = _relabelings(p, len(shared), lambda: _pair_magnitude(ctx, (model_a, model_b), shared, p))
+    observed = stats.neighbour_agreement(nn_a, nn_b, members)
+    null = np.array([stats.neighbour_agreement(nn_a, nn_b, members, perm) for perm in perms])
+    result = stats.PermutationResult(observed, null, stats.exact_p(null, observed))
+    ci = stats.bootstrap_ci(lambda s: stats.neighbour_agreement(nn_a, nn_b, s) - result.null_mean, members,
+                            np.random.default_rng(p.seed), p.n_bootstrap)
+    return Evidence(
+        statistic=f"mean Jaccard overlap of {p.k} nearest KDs in both models"
+                  + (" (displacements from the control)" if p.center == "control" else ""), value=observed,
+        effect=observed - result.null_mean, ci=ci, p=result.p,
+        n={"members": len(members), "shared_kds": len(shared), "permutations": p.n_permutations,
+           "bootstrap": p.n_bootstrap}, null=_relabel_text(p, model_b.name, len(shared)), seed=p.seed,
+        details={"null_mean": result.null_mean, "z": result.z, "members": present, "dropped": dropped,
+                 "null_histogram": _histogram(null, observed)})
+
+
+def _kd_similarity(ctx: RunContext, model: LoadedModel, center: str) -> np.ndarray:
+    """Cosine between KDs' pert_encoder outputs, or between their displacements from the control's."""
+    def compute() -> np.ndarray:
+        emb = _embeddings(ctx, model)
+        rows = [model.pert_index(k) for k in model.kd_names]
+        origin = emb[model.pert_index(model.control_pert)] if center == "control" else 0.0
+        return stats.cosine_similarity_matrix(emb[rows] - origin)
+
+    return ctx.memo(("kd_cosine", model.name, center), compute)
+
+
+def _embeddings(ctx: RunContext, model: LoadedModel) -> np.ndarray:
+    return ctx.memo(("pert_embeddings", model.name), lambda: pert_embeddings(model.module, model.pert_onehots))
+
+
+def _restrict(ctx: RunContext, model: LoadedModel, kds: list[str], center: str) -> np.ndarray:
+    sim = _kd_similarity(ctx, model, center)
+    rows = [model.kd_names.index(k) for k in kds]
+    return sim[np.ix_(rows, rows)]
+
+
+def _magnitudes(ctx: RunContext, model: LoadedModel, p) -> np.ndarray:
+    """Effect magnitude of every KD (in kd_names order)."""
+    rows = [model.pert_index(k) for k in model.kd_names]
+    control = model.pert_index(model.control_pert)
+    if p.magnitude == "pert_repr_distance":
+        emb = _embeddings(ctx, model)
+        return np.linalg.norm(emb[rows] - emb[control], axis=1)
+    size = p.cell_set_size or model.cell_set_len
+    shifts = ctx.memo(("output_shifts", model.name, size, p.seed), lambda: output_shifts(
+        model.module, model.pert_onehots, control, sample_cells(model.cells, size, p.seed)))
+    return np.linalg.norm(shifts[rows], axis=1)
+
+
+def _pair_magnitude(ctx: RunContext, models, shared: list[str], p) -> np.ndarray:
+    """Mean percentile rank of each shared KD's magnitude across the two models."""
+    ranks = []
+    for model in models:
+        mag = _magnitudes(ctx, model, p)[[model.kd_names.index(k) for k in shared]]
+        ranks.append(np.argsort(np.argsort(mag)) / max(len(mag) - 1, 1))
+    return np.mean(ranks, axis=0)
+
+
+def _null_sets(p, members: np.ndarray, n_kds: int, magnitude) -> np.ndarray:
+    rng = np.random.default_rng(p.seed)
+    if p.null_model == "label_permutation":
+        return stats.random_sets(rng, np.arange(n_kds), len(members), p.n_permutations)
+    strata = stats.magnitude_strata(magnitude(), np.arange(n_kds), p.stratum_size)
+    return stats.stratified_sets(rng, strata, members, p.n_permutations)
+
+
+def _relabelings(p, n_kds: int, magnitude) -> np.ndarray:
+    rng = np.random.default_rng(p.seed)
+    if p.null_model == "label_permutation":
+        return stats.permutations_within(rng, [np.arange(n_kds)], n_kds, p.n_permutations)
+    strata = stats.magnitude_strata(magnitude(), np.arange(n_kds), p.stratum_size)
+    return stats.permutations_within(rng, strata, n_kds, p.n_permutations)
+
+
+def _relabel_text(p, second: str, n_kds: int) -> str:
+    where = "among all" if p.null_model == "label_permutation" else \
+        f"within strata of ~{p.stratum_size} KDs of similar {_magnitude_text(p)}, among"
+    return f"{p.n_permutations} relabelings of {second}'s KDs {where} {n_kds} shared KDs"
+
+
+def _magnitude_text(p) -> str:
+    return "output-shift norm" if p.magnitude == "output_shift" else "distance of pert_repr from the control's"
+
+
+def _null_text(p, n_members: int, n_kds: int) -> str:
+    if p.null_model == "label_permutation":
+        return f"label permutation: {p.n_permutations} random sets of {n_members} of the {n_kds} KDs"
+    return (f"magnitude-stratified permutation: {p.n_permutations} random sets of {n_members} KDs with the members' "
+            f"count in each stratum of ~{p.stratum_size} KDs of similar {_magnitude_text(p)}")
+
+
+def _sizes(p, members, kds, model: LoadedModel) -> dict[str, int]:
+    sizes = {"members": len(members), "kds": len(kds), "permutations": p.n_permutations}
+    if p.null_model == "magnitude_stratified" and p.magnitude == "output_shift":
+        sizes["cells"] = p.cell_set_size or model.cell_set_len
+    return sizes
+
+
+def _histogram(null: np.ndarray, observed: float, bins: int = 30) -> dict:
+    """A compact null histogram (for the report's plot)."""
+    counts, edges = np.histogram(null, bins=bins)
+    return {"counts": counts.tolist(), "edges": edges.tolist(), "observed": observed}
+
+
+CHECKS = (
+    Check("pert_embedding_coherence", ("model", "pathway"), CoherenceParams, coherence,
+          "pathway KDs closer in pert_encoder space than random KD sets"),
+    Check("pert_embedding_consistency", ("model_pair", "pathway"), ConsistencyParams, consistency,
+          "pathway KDs keep their nearest neighbours across two models"),
+)

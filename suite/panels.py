@@ -1,0 +1,106 @@
+"""Pathway panels: named sets of KDs and genes, from YAML or GMT files.
+
+YAML panel file::
+
+    schema_version: 1
+    pathways:
+      ribosome:
+        description: cytosolic ribosome
+        kds: [RPL3, RPL7, RPL11]          # knockdowns belonging to the pathway
+        genes: [RPL3, RPL5, RPL24, RPS15]  # member genes (gene-level probes); default: kds
+        regulators: [RPL5, RPS6]           # optional, for targeted Jacobians
+        targets: [RPL24, RPS15]            # optional
+
+GMT (MSigDB's format, one set per line: name, description, genes tab-separated) gives
+panels whose KDs and genes are the set's genes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import fields
+from .errors import SpecError
+from .yamlio import read_yaml
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Panel:
+    name: str
+    kds: tuple[str, ...]
+    genes: tuple[str, ...]
+    regulators: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    description: str = ""
+    file: str = ""            # where the panel was defined, for messages
+    line: int | None = None
+
+    @property
+    def source(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+@dataclass(frozen=True)
+class _PanelEntry:
+    kds: tuple[str, ...] = ()
+    genes: tuple[str, ...] = ()
+    regulators: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class _PanelFile:
+    schema_version: int
+    pathways: dict
+
+
+def load_panels(paths: list[Path]) -> dict[str, Panel]:
+    """All panels of the given files; a pathway defined twice is an error."""
+    panels: dict[str, Panel] = {}
+    for path in paths:
+        for panel in _read_gmt(path) if path.suffix.lower() == ".gmt" else _read_yaml(path):
+            if panel.name in panels:
+                raise SpecError(f"pathway '{panel.name}' is defined twice (also at {panels[panel.name].source})",
+                                file=panel.file, line=panel.line,
+                                hint="rename one of them or drop one file from 'panels'")
+            panels[panel.name] = panel
+    return panels
+
+
+def _read_yaml(path: Path) -> list[Panel]:
+    data = read_yaml(path)
+    where = fields.Where(str(path))
+    top = fields.build(_PanelFile, data, where)
+    fields.check_schema_version(top.schema_version, SCHEMA_VERSION, where, data)
+    pathways = fields.expect_mapping(top.pathways, where, data, "pathways")
+    panels = []
+    for name, body in pathways.items():
+        entry = fields.build(_PanelEntry, body, where.child(f"pathways.{name}"), pathways, name)
+        kds = entry.kds or entry.genes
+        if not kds:
+            raise where.error(f"pathway '{name}' lists neither 'kds' nor 'genes'", pathways, name)
+        panels.append(Panel(str(name), kds, entry.genes or kds, entry.regulators, entry.targets,
+                            entry.description, str(path), pathways.line_of(name)))
+    return panels
+
+
+def _read_gmt(path: Path) -> list[Panel]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SpecError(f"cannot read GMT file: {exc}", file=str(path)) from None
+    panels = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cells = [c.strip() for c in line.split("\t")]
+        genes = tuple(dict.fromkeys(c for c in cells[2:] if c))
+        if len(cells) < 3 or not cells[0] or not genes:
+            raise SpecError("a GMT line needs: name <TAB> description <TAB> gene <TAB> gene ...",
+                            file=str(path), line=number, hint="separate columns with tabs, not spaces")
+        panels.append(Panel(cells[0], genes, genes, description=cells[1], file=str(path), line=number))
+    return panels

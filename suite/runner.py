@@ -1,0 +1,45 @@
+"""Evaluating one case: run its check, decide its verdict, keep the record."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, is_dataclass
+
+from .cases import Case
+from .checks import CHECKS
+from .errors import Inconclusive
+from .session import RunContext
+from .verdicts import CaseResult, decide, threshold_of
+
+
+def skeleton(case: Case) -> CaseResult:
+    """The record of a case before it ran: an error unless evaluation completes."""
+    spec = case.spec
+    params = {**case.params(), **_plain(spec.params)}
+    return CaseResult(case_id=case.case_id, hypothesis=spec.id, probe=spec.probe, claim=spec.claim,
+                      params=params, verdict="error", reason="the case raised before reaching a verdict",
+                      expected=case.expected.verdict if case.expected else None,
+                      threshold=threshold_of(spec.pass_rule))
+
+
+def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> CaseResult:
+    """Fill `record` (or a fresh skeleton) with the case's evidence and verdict."""
+    record = record or skeleton(case)
+    start = time.perf_counter()
+    try:
+        evidence = CHECKS[case.spec.probe].run(case, ctx)
+    except Inconclusive as exc:
+        record.verdict, record.reason = "inconclusive", exc.reason
+    else:
+        record.verdict, record.reason = decide(evidence, case.spec.pass_rule)
+        record.statistic, record.value, record.effect = evidence.statistic, evidence.value, evidence.effect
+        record.ci, record.p, record.n = list(evidence.ci), evidence.p, dict(evidence.n)
+        record.null, record.seed, record.details = evidence.null, evidence.seed, dict(evidence.details)
+    finally:
+        record.seconds = round(time.perf_counter() - start, 3)
+    return record
+
+
+def _plain(params: object) -> dict:
+    """A params dataclass as a dict of its fields."""
+    return asdict(params) if is_dataclass(params) else {}

@@ -1,0 +1,196 @@
+"""Hypothesis files: the YAML schema, read into checked dataclasses.
+
+A hypothesis file (one per family, top level of `hypotheses/`)::
+
+    schema_version: 1
+    panels: [panels/demo_pathways.yaml]     # default panels for every hypothesis below
+    hypotheses:
+      - id: pert-embedding-coherence        # lower-case, used in pytest ids
+        claim: Same-pathway KDs sit closer in pert_encoder space than random KD sets.
+        probe: pert_embedding_coherence     # one of suite.checks.CHECKS
+        axes: {model: all, pathway: all}    # what the hypothesis expands over
+        params: {null_model: magnitude_stratified}   # the probe's own parameters (checked per probe)
+        pass_rule: {p_below: 0.05, effect_above: 0.0}
+        expected:                           # optional known outcomes
+          - where: {pathway: decoy}
+            verdict: fail                   # -> xfail; a pass becomes a strict XPASS failure
+            reason: no planted program
+
+Everything is validated on load: unknown or duplicate keys, wrong types, values out of
+range, unknown probes and pathways are SpecErrors naming the file, line and field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import fields
+from .checks import CHECKS
+from .errors import SpecError, close_matches
+from .panels import Panel, load_panels
+from .verdicts import PassRule
+from .yamlio import LineDict, LineList, read_yaml
+
+SCHEMA_VERSION = 1
+_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    where: dict
+    verdict: Literal["pass", "fail"]
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class HypothesisSpec:
+    id: str
+    claim: str
+    probe: str
+    axes: dict[str, Any]
+    params: Any
+    pass_rule: PassRule
+    expected: tuple[Expectation, ...]
+    panels: dict[str, Panel]
+    file: str
+    line: int | None
+    axes_line: int | None = None
+    expected_lines: tuple[int | None, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class _RawHypothesis:
+    id: str
+    claim: str
+    probe: str
+    axes: dict
+    params: dict | None = None
+    pass_rule: PassRule = PassRule()
+    expected: tuple[Expectation, ...] = ()
+    panels: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class _RawFile:
+    schema_version: int
+    hypotheses: tuple[dict, ...]
+    panels: tuple[str, ...] = ()
+
+
+def load_spec_dir(directory: Path) -> list[HypothesisSpec]:
+    """Every hypothesis in the top-level *.yaml files of `directory`, sorted by id."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SpecError("hypotheses folder not found", file=str(directory),
+                        hint="pass --hypotheses DIR pointing at a folder of hypothesis YAML files")
+    specs: dict[str, HypothesisSpec] = {}
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        for spec in load_spec_file(path):
+            if spec.id in specs:
+                first = specs[spec.id]
+                raise SpecError(f"hypothesis id '{spec.id}' is used twice (also {first.file}, line {first.line})",
+                                file=spec.file, line=spec.line, field="id", hint="give each hypothesis its own id")
+            specs[spec.id] = spec
+    return [specs[k] for k in sorted(specs)]
+
+
+def load_spec_file(path: Path) -> list[HypothesisSpec]:
+    data = read_yaml(path)
+    where = fields.Where(str(path))
+    if isinstance(data, dict) and "pathways" in data and "hypotheses" not in data:
+        raise where.error("this is a panel file, but it sits among the hypothesis files", data, "pathways",
+                          hint="move it into a subfolder (e.g. panels/) and list it under 'panels:'")
+    top = fields.build(_RawFile, data, where)
+    fields.check_schema_version(top.schema_version, SCHEMA_VERSION, where, data)
+    if not top.hypotheses:
+        raise where.error("the file lists no hypotheses", data, "hypotheses")
+    items: LineList = data["hypotheses"]
+    return [_read_hypothesis(item, path, top.panels, where.child(f"hypotheses[{i}]"), items, i)
+            for i, item in enumerate(items)]
+
+
+def _read_hypothesis(item: Any, path: Path, default_panels: tuple[str, ...],
+                     where: fields.Where, parent: LineList, index: int) -> HypothesisSpec:
+    raw = fields.build(_RawHypothesis, item, where, parent, index)
+    if not _ID.match(raw.id):
+        raise where.error(f"id '{raw.id}' must be lower-case letters, digits, '-', '_' or '.'", item, "id")
+    check = CHECKS.get(raw.probe)
+    if check is None:
+        raise where.error(f"unknown probe '{raw.probe}'", item, "probe",
+                          hint=_suggest(raw.probe, CHECKS))
+    axes = _read_axes(item["axes"], check.axes, where.child("axes"), item)
+    params = fields.build(check.params, raw.params, where.child("params"), item, "params")
+    panel_files = raw.panels if raw.panels is not None else default_panels
+    for name in panel_files:
+        if not (path.parent / name).is_file():
+            owner = item if raw.panels is not None else None
+            raise SpecError(f"panel file '{name}' not found (looked for {path.parent / name})", file=str(path),
+                            line=owner.line_of("panels") if owner else None, field="panels",
+                            hint="panel paths are relative to the hypothesis file that names them")
+    panels = load_panels([path.parent / p for p in panel_files]) if panel_files else {}
+    if "pathway" in axes:
+        _check_pathways(axes["pathway"], panels, where.child("axes"), item["axes"])
+    for i, exp in enumerate(raw.expected):
+        _check_expectation(exp, check.axes, panels, where.child(f"expected[{i}]"), item["expected"], i)
+    return HypothesisSpec(raw.id, " ".join(raw.claim.split()), raw.probe, axes, params, raw.pass_rule,
+                          raw.expected, panels, str(path), item.line_of("id"),
+                          item.line_of("axes"), tuple(item["expected"].line_of(i) for i in range(len(raw.expected)))
+                          if raw.expected else ())
+
+
+def _read_axes(value: Any, wanted: tuple[str, ...], where: fields.Where, parent: LineDict) -> dict[str, Any]:
+    axes = fields.expect_mapping(value, where, parent, "axes")
+    fields.reject_unknown(axes, wanted, where)
+    missing = [a for a in wanted if a not in axes]
+    if missing:
+        raise where.error(f"missing axis '{missing[0]}' (this probe expands over {', '.join(wanted)})", axes)
+    out = {}
+    for name in wanted:
+        value = axes[name]
+        if isinstance(value, str):
+            out[name] = value
+        elif isinstance(value, list) and value and all(_axis_item_ok(name, v) for v in value):
+            out[name] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        else:
+            form = "'all', 'cross_line', 'same_line' or a list of [model, model] pairs" \
+                if name == "model_pair" else "'all' or a non-empty list of names"
+            raise where.error(f"axis '{name}' must be {form}", axes, name)
+    return out
+
+
+def _axis_item_ok(axis: str, value: Any) -> bool:
+    if axis == "model_pair":
+        return isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+    return isinstance(value, str)
+
+
+def _check_pathways(selected: Any, panels: dict[str, Panel], where: fields.Where, axes: LineDict) -> None:
+    if not panels:
+        raise where.error("the pathway axis needs panels, but none are given", axes, "pathway",
+                          hint="add 'panels: [path/to/panels.yaml]' to the file or the hypothesis")
+    if selected == "all":
+        return
+    if isinstance(selected, str):
+        raise where.error(f"axis 'pathway' must be 'all' or a list, got '{selected}'", axes, "pathway")
+    for name in selected:
+        if name not in panels:
+            raise where.error(f"unknown pathway '{name}'", axes, "pathway", hint=_suggest(name, panels))
+
+
+def _check_expectation(exp: Expectation, axes: tuple[str, ...], panels: dict[str, Panel],
+                       where: fields.Where, parent: LineList, index: int) -> None:
+    allowed = [*axes, "cell_line", "split"]
+    entry = parent[index]
+    where_map = fields.expect_mapping(exp.where, where, entry, "where")
+    fields.reject_unknown(where_map, allowed, where.child("where"))
+    pathway = where_map.get("pathway")
+    if pathway is not None and pathway not in panels:
+        raise where.error(f"unknown pathway '{pathway}'", where_map, "pathway", hint=_suggest(str(pathway), panels))
+
+
+def _suggest(name: str, known: Any) -> str:
+    hits = close_matches(name, list(known))
+    return f"did you mean '{hits[0]}'?" if hits else f"known: {', '.join(sorted(known))}"

@@ -1,0 +1,168 @@
+"""The suite's statistics: pure functions on arrays, no models and no pytest.
+
+Pairwise similarities are not independent samples, so set-level claims are tested
+against nulls of whole random sets (label permutation, or permutation within strata of
+similar effect magnitude), with the exact permutation p = (1 + #null >= observed) / (1 + n).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binom, false_discovery_control
+
+SetStatistic = Callable[[np.ndarray], float]
+
+
+@dataclass(frozen=True)
+class PermutationResult:
+    observed: float
+    null: np.ndarray          # the statistic on each null set
+    p: float
+
+    @property
+    def null_mean(self) -> float:
+        return float(self.null.mean())
+
+    @property
+    def null_sd(self) -> float:
+        return float(self.null.std(ddof=1))
+
+    @property
+    def z(self) -> float:
+        sd = self.null_sd
+        return float((self.observed - self.null_mean) / sd) if sd > 0 else float("nan")
+
+
+def cosine_similarity_matrix(x: np.ndarray) -> np.ndarray:
+    """[n, d] rows -> [n, n] cosine similarities; zero rows get similarity 0."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = np.divide(x, norms, out=np.zeros_like(x, dtype=float), where=norms > 0)
+    return np.clip(unit @ unit.T, -1.0, 1.0)
+
+
+def mean_pairwise(sim: np.ndarray, members: Sequence[int]) -> float:
+    """Mean of sim[i, j] over unordered pairs of distinct positions in `members`."""
+    idx = np.asarray(members)
+    block = sim[np.ix_(idx, idx)]
+    upper = np.triu_indices(len(idx), k=1)
+    distinct = idx[upper[0]] != idx[upper[1]]
+    return float(block[upper][distinct].mean())
+
+
+def nn_hit_rate(sim: np.ndarray, members: Sequence[int], candidates: Sequence[int]) -> float:
+    """Fraction of members whose nearest neighbour among `candidates` is another member."""
+    cand = np.asarray(candidates)
+    member_set = set(int(m) for m in members)
+    hits = 0
+    for m in members:
+        others = cand[cand != m]
+        nearest = others[np.argmax(sim[m, others])]
+        hits += int(nearest) in member_set
+    return hits / len(members)
+
+
+def knn_table(sim: np.ndarray, k: int) -> np.ndarray:
+    """[n, k] indices of each item's k most similar other items."""
+    others = sim.astype(float, copy=True)
+    np.fill_diagonal(others, -np.inf)
+    return np.argsort(-others, axis=1, kind="stable")[:, :k]
+
+
+def neighbour_agreement(nn_a: np.ndarray, nn_b: np.ndarray, members: Sequence[int],
+                        relabel: np.ndarray | None = None) -> float:
+    """Mean Jaccard overlap of the members' k-NN sets in A and in B.
+
+    With `relabel` (a permutation), item i of B is read as B's item relabel[i]: the
+    neighbours of i become relabel^-1 of the neighbours of relabel[i].
+    """
+    inverse = np.argsort(relabel) if relabel is not None else None
+    scores = []
+    for m in members:
+        near_b = nn_b[m] if relabel is None else inverse[nn_b[relabel[m]]]
+        a, b = set(nn_a[m].tolist()), set(near_b.tolist())
+        scores.append(len(a & b) / len(a | b))
+    return float(np.mean(scores))
+
+
+def exact_p(null: np.ndarray, observed: float) -> float:
+    """One-sided permutation p for 'observed is large': (1 + #null >= observed) / (1 + n)."""
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    return float((1 + np.sum(null >= observed - tolerance)) / (1 + len(null)))
+
+
+def random_sets(rng: np.random.Generator, candidates: Sequence[int], size: int, n: int) -> np.ndarray:
+    """[n, size] sets drawn uniformly without replacement from `candidates`."""
+    cand = np.asarray(candidates)
+    keys = rng.random((n, len(cand)))
+    return cand[np.argsort(keys, axis=1)[:, :size]]
+
+
+def magnitude_strata(magnitude: np.ndarray, candidates: Sequence[int], stratum_size: int) -> list[np.ndarray]:
+    """`candidates` sorted by magnitude and cut into consecutive strata of about `stratum_size`."""
+    cand = np.asarray(candidates)
+    order = cand[np.argsort(magnitude[cand], kind="stable")]
+    return np.array_split(order, max(1, round(len(order) / stratum_size)))
+
+
+def stratified_sets(rng: np.random.Generator, strata: list[np.ndarray], members: Sequence[int], n: int) -> np.ndarray:
+    """[n, |members|] sets with as many KDs from each stratum as the members have there, drawn
+    from the whole stratum (members included): a conditional permutation of the labels."""
+    where = {int(k): i for i, stratum in enumerate(strata) for k in stratum}
+    counts = np.bincount([where[int(m)] for m in members], minlength=len(strata))
+    blocks = [random_sets(rng, strata[i], int(c), n) for i, c in enumerate(counts) if c]
+    return np.hstack(blocks)
+
+
+def permutations_within(rng: np.random.Generator, strata: list[np.ndarray], n_items: int, n: int) -> np.ndarray:
+    """[n, n_items] permutations that only move items within their stratum."""
+    perms = np.tile(np.arange(n_items), (n, 1))
+    for stratum in strata:
+        perms[:, stratum] = random_sets(rng, stratum, len(stratum), n)
+    return perms
+
+
+def set_permutation_test(statistic: SetStatistic, members: Sequence[int], null_sets: np.ndarray) -> PermutationResult:
+    """Compare statistic(members) with the statistic on each row of `null_sets`."""
+    observed = statistic(np.asarray(members))
+    null = np.array([statistic(row) for row in null_sets])
+    return PermutationResult(observed, null, exact_p(null, observed))
+
+
+def bootstrap_ci(statistic: SetStatistic, members: Sequence[int], rng: np.random.Generator,
+                 n_boot: int = 1000, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of statistic(resampled members), resampling members with replacement.
+
+    Resamples with fewer than two distinct members are skipped (a pairwise statistic
+    is undefined on them).
+    """
+    idx = np.asarray(members)
+    values = []
+    for _ in range(n_boot):
+        sample = rng.choice(idx, size=len(idx), replace=True)
+        if len(np.unique(sample)) >= 2:
+            values.append(statistic(sample))
+    if not values:
+        return (float("nan"), float("nan"))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return (float(low), float(high))
+
+
+def benjamini_hochberg(p_values: Sequence[float | None]) -> list[float | None]:
+    """BH q-values; entries that are None or NaN (no test was run) stay None."""
+    p = np.array([np.nan if v is None else v for v in p_values], dtype=float)
+    tested = ~np.isnan(p)
+    q: list[float | None] = [None] * len(p)
+    if tested.any():
+        for i, value in zip(np.flatnonzero(tested), false_discovery_control(p[tested], method="bh"), strict=True):
+            q[i] = float(value)
+    return q
+
+
+def binomial_interval(n: int, rate: float, level: float = 0.95) -> tuple[int, int]:
+    """Central interval of Binomial(n, rate) counts, for checking false-positive rates."""
+    tail = (1 - level) / 2
+    return int(binom.ppf(tail, n, rate)), int(binom.ppf(1 - tail, n, rate))

@@ -1,0 +1,55 @@
+"""The bundled demo: the suite's verdicts equal the documented, planted ground truth."""
+
+import pytest
+import yaml
+
+from suite.cases import ModelInfo, expand_all
+from suite.runner import evaluate
+from suite.spec import load_spec_dir
+
+from .helpers import DEMO, ROOT
+
+TRUTH = yaml.safe_load((DEMO / "ground_truth.yaml").read_text())
+
+
+def _cases(registry):
+    infos = [ModelInfo(e.name, e.cell_line, e.split) for e in registry.values()]
+    return expand_all(load_spec_dir(ROOT / "hypotheses"), infos)
+
+
+def _truth_for(case) -> str:
+    table = TRUTH["expected"][case.spec.id]
+    model = "-vs-".join(case.models)
+    return table[model][case.axes["pathway"]]
+
+
+def test_ground_truth_is_backed_by_what_the_models_learned():
+    learned = TRUTH["learned"]
+    assert learned["hepg2_fewshot"]["program_learned"]["er_secretory"] is True
+    assert learned["jurkat_fewshot"]["program_learned"]["er_secretory"] is False
+    assert all(m["program_learned"]["decoy"] is False for m in learned.values())
+
+
+@pytest.mark.parametrize("hypothesis", sorted(TRUTH["expected"]))
+def test_verdicts_equal_the_ground_truth(hypothesis, demo_registry, demo_run):
+    cases = [c for c in _cases(demo_registry) if c.spec.id == hypothesis]
+    assert cases, f"no cases for {hypothesis}"
+    mismatches = []
+    for case in cases:
+        result = evaluate(case, demo_run)
+        if result.verdict != _truth_for(case):
+            truth = _truth_for(case)
+            mismatches.append(f"{case.case_id}: suite says {result.verdict} ({result.reason}), truth {truth}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+def test_decoy_never_passes(demo_registry, demo_run):
+    decoys = [c for c in _cases(demo_registry) if c.axes.get("pathway") == "decoy"]
+    assert len(decoys) == 7
+    assert all(evaluate(c, demo_run).verdict != "pass" for c in decoys)
+
+
+def test_yaml_expectations_agree_with_the_ground_truth(demo_registry):
+    for case in _cases(demo_registry):
+        declared = case.expected.verdict if case.expected else "pass"
+        assert declared == _truth_for(case), case.case_id

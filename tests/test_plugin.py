@@ -1,0 +1,137 @@
+"""The pytest integration, run as a user runs it: `pytest` in a subprocess on the demo models."""
+
+import json
+import subprocess
+import sys
+from textwrap import dedent
+
+import pytest
+
+from .helpers import PANELS, ROOT
+
+PANEL_EXTRA = """
+schema_version: 1
+pathways:
+  tiny: {kds: [RPL3, RPL5, RPS6]}        # RPL5 and RPS6 are genes of the model, not KDs
+  typo: {kds: [RPL3, RPL7, RPS3X]}       # RPS3X is nobody's gene
+"""
+
+HYPOTHESES = f"""
+schema_version: 1
+panels: [{PANELS}, panels/extra.yaml]
+hypotheses:
+  - id: coh
+    claim: Pathway KDs <b>cluster</b>.
+    probe: pert_embedding_coherence
+    axes: {{model: [hepg2_fewshot], pathway: [ribosome, decoy, tiny, typo]}}
+    params: {{n_permutations: 199, n_bootstrap: 199}}
+    expected:
+      - where: {{pathway: decoy}}
+        verdict: fail
+        reason: no planted program
+  - id: flip
+    claim: A known negative that is not negative.
+    probe: pert_embedding_coherence
+    axes: {{model: [hepg2_fewshot], pathway: [ribosome]}}
+    params: {{n_permutations: 199, n_bootstrap: 199}}
+    expected:
+      - where: {{pathway: ribosome}}
+        verdict: fail
+"""
+
+
+def run_pytest(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo_run_result(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    (folder / "hyp" / "panels").mkdir(parents=True)
+    (folder / "hyp" / "spec.yaml").write_text(dedent(HYPOTHESES))
+    (folder / "hyp" / "panels" / "extra.yaml").write_text(dedent(PANEL_EXTRA))
+    result = run_pytest(f"--hypotheses={folder / 'hyp'}", f"--report-dir={folder / 'report'}")
+    return result, folder / "report"
+
+
+def test_cases_have_readable_ids_and_verdicts_map_to_outcomes(demo_run_result):
+    result, _ = demo_run_result
+    out = result.stdout
+    assert result.returncode == 1, out          # the strict flip and the typo fail the run
+    assert "test_hypothesis[coh-hepg2_fewshot-ribosome] PASSED" in out
+    assert "test_hypothesis[coh-hepg2_fewshot-decoy] XFAIL" in out
+    assert "test_hypothesis[coh-hepg2_fewshot-tiny] SKIPPED" in out
+    assert "test_hypothesis[coh-hepg2_fewshot-typo] FAILED" in out
+    assert "test_hypothesis[flip-hepg2_fewshot-ribosome] FAILED" in out and "XPASS(strict)" in out
+    assert "only 1 of 3 KDs of pathway 'tiny'" in out
+    assert "RPS3X (did you mean RPS3" in out
+
+
+def test_run_record_is_written_with_the_contract_fields(demo_run_result):
+    _, report = demo_run_result
+    assert {p.name for p in report.iterdir()} >= {"verdict.html", "verdicts.json", "verdicts.csv"}
+    document = json.loads((report / "verdicts.json").read_text())
+    run = document["run"]
+    assert set(run) >= {"id", "started", "suite_commit", "device", "models", "versions"}
+    assert set(run["models"]) == {"hepg2_fewshot", "jurkat_fewshot", "hepg2_zeroshot"}
+    assert all(m["fingerprint"].startswith("sha256:") for m in run["models"].values())
+    cases = {c["case_id"]: c for c in document["cases"]}
+    assert set(cases) == {"coh-hepg2_fewshot-ribosome", "coh-hepg2_fewshot-decoy", "coh-hepg2_fewshot-tiny",
+                          "coh-hepg2_fewshot-typo", "flip-hepg2_fewshot-ribosome"}
+    ribo = cases["coh-hepg2_fewshot-ribosome"]
+    for key in ("case_id", "hypothesis", "probe", "params", "statistic", "effect", "ci", "p", "q", "n",
+                "verdict", "expected", "outcome", "reason", "seconds"):
+        assert key in ribo
+    assert ribo["params"]["model"] == "hepg2_fewshot" and ribo["params"]["pathway"] == "ribosome"
+    assert ribo["verdict"] == "pass" and ribo["outcome"] == "passed"
+    assert ribo["ci"][0] <= ribo["effect"] <= ribo["ci"][1]
+    assert 0 < ribo["p"] <= ribo["q"] <= 1
+    decoy, tiny, typo = (cases[f"coh-hepg2_fewshot-{p}"] for p in ("decoy", "tiny", "typo"))
+    assert decoy["outcome"] == "xfailed" and decoy["expected"] == "fail"
+    assert tiny["verdict"] == "inconclusive" and tiny["q"] is None
+    assert typo["verdict"] == "error" and "RPS3X" in typo["reason"]
+    assert cases["flip-hepg2_fewshot-ribosome"]["outcome"] == "xpassed-strict"
+    header = (report / "verdicts.csv").read_text().splitlines()[0]
+    assert header.startswith("case_id,hypothesis,probe,model,pathway,verdict")
+
+
+def test_html_report_escapes_yaml_text(demo_run_result):
+    _, report = demo_run_result
+    html = (report / "verdict.html").read_text()
+    assert "Pathway KDs &lt;b&gt;cluster&lt;/b&gt;." in html and "<b>cluster</b>" not in html
+
+
+def test_spec_error_fails_the_run_with_file_and_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text(dedent(HYPOTHESES).replace("    probe: pert_embedding_coherence",
+                                                                  "    probe: pert_embeding_coherence", 1))
+    result = run_pytest(f"--hypotheses={tmp_path}", f"--report-dir={tmp_path / 'r'}")
+    assert result.returncode == 2
+    assert f"{tmp_path / 'bad.yaml'}, line 7, field 'hypotheses[0].probe'" in result.stdout
+    assert "did you mean 'pert_embedding_coherence'" in result.stdout
+    assert not (tmp_path / "r").exists()
+
+
+def test_zero_hypotheses_fail_loudly(tmp_path):
+    result = run_pytest(f"--hypotheses={tmp_path}", f"--report-dir={tmp_path / 'r'}")
+    assert result.returncode == 2
+    assert "no hypotheses collected from" in result.stdout
+
+
+def test_path_option_outside_the_repo_needs_an_equals_sign(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pytest", "--hypotheses", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "write --hypotheses=PATH" in result.stderr
+
+
+def test_xdist_workers_give_the_same_record(demo_run_result, tmp_path):
+    _, report = demo_run_result
+    parallel = run_pytest("-n", "2", f"--hypotheses={report.parent / 'hyp'}", f"--report-dir={tmp_path}")
+    assert parallel.returncode == 1, parallel.stdout
+
+    def verdicts(folder):
+        document = json.loads((folder / "verdicts.json").read_text())
+        cases = {c["case_id"]: (c["verdict"], c["outcome"], c["p"], c["q"]) for c in document["cases"]}
+        return cases, sorted(document["run"]["models"])
+
+    assert verdicts(tmp_path) == verdicts(report)
