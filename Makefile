@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -v
 
 test: setup
 	$(PY) -m pytest tests
