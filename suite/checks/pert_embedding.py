@@ -86,7 +86,7 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(sim, s) - background, members,
                             np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
-        statistic="mean within-pathway cosine - mean all-pairs cosine",
+        statistic="mean within-pathway cosine - mean all-pairs cosine" + _center_text(p),
         value=result.observed - background, effect=result.observed - background, ci=ci, p=result.p,
         n=_sizes(p, members, kds, model), null=_null_text(p, len(members), len(kds)), seed=p.seed,
         details={"within": result.observed, "background": background, "null_mean_within": result.null_mean,
@@ -126,8 +126,7 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
     ci = stats.bootstrap_ci(lambda s: stats.neighbour_agreement(nn_a, nn_b, s) - result.null_mean, members,
                             np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
-        statistic=f"mean Jaccard overlap of {p.k} nearest KDs in both models"
-                  + (" (displacements from the control)" if p.center == "control" else ""), value=observed,
+        statistic=f"mean Jaccard overlap of {p.k} nearest KDs in both models" + _center_text(p), value=observed,
         effect=observed - result.null_mean, ci=ci, p=result.p,
         n={"members": len(members), "shared_kds": len(shared), "permutations": p.n_permutations,
            "bootstrap": p.n_bootstrap}, null=_relabel_text(p, model_b.name, len(shared)), seed=p.seed,
@@ -198,6 +197,10 @@ def _relabel_text(p, second: str, n_kds: int) -> str:
     where = "among all" if p.null_model == "label_permutation" else \
         f"within strata of ~{p.stratum_size} KDs of similar {_magnitude_text(p)}, among"
     return f"{p.n_permutations} relabelings of {second}'s KDs {where} {n_kds} shared KDs"
+
+
+def _center_text(p) -> str:
+    return " (displacements from the control)" if p.center == "control" else ""
 
 
 def _magnitude_text(p) -> str:
