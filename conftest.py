@@ -36,7 +36,7 @@ def suite_run(pytestconfig: pytest.Config) -> RunContext:
         device = resolve_device(state.device_choice)
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    return RunContext(state.registry or load_registry(state.models_path), device)
+    return RunContext(state.registry or load_registry(state.models_path), device, state.cell_orderings)
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ pert_onehot_map (NB02's "meaning" of each KD, before any cell is seen).
 
 output_shifts: ΔY_k = mean_c Y(cells, k) − mean_c Y(cells, control), the predicted
 shift of the mean expression under each KD on one sampled set of control cells,
-computed for many KDs per forward pass.
+computed for many KDs per forward pass; for order-sensitive (causal) models, averaged
+over several orderings of the cell set.
 """
 
 from __future__ import annotations
@@ -33,13 +34,19 @@ def sample_cells(cells: torch.Tensor, size: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def output_shifts(module: torch.nn.Module, onehots: torch.Tensor, control_index: int,
-                  cell_set: torch.Tensor, chunk_size: int = 64) -> np.ndarray:
-    """[n_perts, G] mean predicted shift of each perturbation relative to the control."""
+                  cell_set: torch.Tensor, chunk_size: int = 64, orderings: torch.Tensor | None = None) -> np.ndarray:
+    """[n_perts, G] mean predicted shift of each perturbation relative to the control.
+
+    `orderings` [N, S]: average over these orderings of the cell set (default: as given).
+    """
     check_supported(module)
     reprs = pert_representations(module, onehots)
-    means = []
-    for start in range(0, reprs.shape[0], chunk_size):
-        block = reprs[start:start + chunk_size]
-        means.append(forward_sets(module, cell_set, block).mean(dim=1))
-    mean_y = torch.cat(means).double()
+    orders = orderings if orderings is not None else torch.arange(cell_set.shape[0])[None]
+    total = torch.zeros(reprs.shape[0], cell_set.shape[1], dtype=torch.float64, device=cell_set.device)
+    for order in orders:
+        cells = cell_set[order.to(cell_set.device)]
+        for start in range(0, reprs.shape[0], chunk_size):
+            block = reprs[start:start + chunk_size]
+            total[start:start + chunk_size] += forward_sets(module, cells, block).mean(dim=1).double()
+    mean_y = total / len(orders)
     return (mean_y - mean_y[control_index]).cpu().numpy()

@@ -17,7 +17,7 @@ from typing import Any
 
 from .checks import CHECKS
 from .errors import SpecError, close_matches
-from .spec import Expectation, HypothesisSpec
+from .spec import MODEL_ATTRIBUTES, Expectation, HypothesisSpec
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class ModelInfo:
     name: str
     cell_line: str
     split: str
+    backbone: str = "unknown"      # as declared in the model's config.yaml, lower case
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,9 @@ def _matches(where: dict, axes: dict[str, Any], models: dict[str, ModelInfo]) ->
             have = axes[key]
             if ("-vs-".join(have) if isinstance(have, tuple) else have) != str(want):
                 return False
-        elif key in ("cell_line", "split"):
+        elif key in MODEL_ATTRIBUTES:
             model = models.get(axes.get("model", ""))
-            if model is None or getattr(model, key) != str(want):
+            if model is None or getattr(model, key).lower() != str(want).lower():
                 return False
         else:
             return False

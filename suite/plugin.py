@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from fixtures.arc_state import declared_backbone
 from fixtures.registry import ModelEntry, load_registry
 
 from .cases import Case, ModelInfo, expand_all
@@ -42,6 +43,7 @@ class SuiteState:
     hypotheses_dir: Path
     report_dir: Path
     device_choice: str
+    cell_orderings: int = 8
     run_id: str = field(default_factory=new_run_id)
     started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     registry: dict[str, ModelEntry] | None = None
@@ -58,6 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--report-dir", default=str(ROOT / "reports/latest"),
                     help="where verdict.html, verdicts.json and verdicts.csv go (default: reports/latest)")
     group.addoption("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    group.addoption("--cell-orderings", type=int, default=8,
+                    help="random cell orderings that probes average over for models whose outputs depend on "
+                         "cell order (causal attention); a hypothesis's cell_orderings overrides it (default: 8)")
 
 
 PATH_OPTIONS = ("--models", "--hypotheses", "--report-dir")
@@ -66,7 +71,8 @@ PATH_OPTIONS = ("--models", "--hypotheses", "--report-dir")
 def pytest_configure(config: pytest.Config) -> None:
     _refuse_misread_paths(config)
     state = SuiteState(Path(config.getoption("--models")), Path(config.getoption("--hypotheses")),
-                       Path(config.getoption("--report-dir")), config.getoption("--device"))
+                       Path(config.getoption("--report-dir")), config.getoption("--device"),
+                       max(1, config.getoption("--cell-orderings")))
     config.stash[STATE] = state
     config.pluginmanager.register(RecordKeeper(state), "st-record-keeper")
     for name, check in CHECKS.items():
@@ -90,7 +96,8 @@ def _refuse_misread_paths(config: pytest.Config) -> None:
 def collect_cases(state: SuiteState) -> list[Case]:
     state.registry = load_registry(state.models_path)
     specs = load_spec_dir(state.hypotheses_dir)
-    cases = expand_all(specs, [ModelInfo(e.name, e.cell_line, e.split) for e in state.registry.values()])
+    infos = [ModelInfo(e.name, e.cell_line, e.split, declared_backbone(e)) for e in state.registry.values()]
+    cases = expand_all(specs, infos)
     if not cases:
         raise SuiteError(f"no hypotheses collected from {state.hypotheses_dir}: add a hypothesis *.yaml file "
                          "there, or point --hypotheses at the folder that has them")
@@ -115,8 +122,9 @@ def enforce(record: CaseResult) -> None:
 
 def failure_text(r: CaseResult) -> str:
     ci = f"[{r.ci[0]:.3g}, {r.ci[1]:.3g}]" if r.ci and None not in r.ci else "n/a"
+    p = f"{r.p:.4g}" if r.p is not None else "n/a"
     return (f"{r.case_id}: verdict fail ({r.reason})\n  claim: {r.claim}\n  {r.statistic} = {r.value:.4g}; "
-            f"effect {r.effect:.4g}, 95% CI {ci}; p = {r.p:.4g}\n  n = {r.n}; null: {r.null}")
+            f"effect {r.effect:.4g}, 95% CI {ci}; p = {p}\n  n = {r.n}; null: {r.null}")
 
 
 class RecordKeeper:
@@ -155,7 +163,10 @@ class RecordKeeper:
             record.q = q
         run = run_info(self.state.run_id, self.state.started, self.state.device_choice,
                        self.state.models_path, self.state.registry or self._registry())
-        self.written = write_run(self.state.report_dir, run, [r.to_dict() for r in records])
+        for record in records:   # each model's audit travels with the cases that used it
+            for name, audit in record.audits.items():
+                run["models"].setdefault(name, {}).setdefault("audit", audit)
+        self.written = write_run(self.state.report_dir, run, [_without_audits(r.to_dict()) for r in records])
 
     def _registry(self) -> dict[str, ModelEntry]:
         """Under xdist the controller collects nothing; read the registry here too."""
@@ -168,6 +179,10 @@ class RecordKeeper:
         if self.written:
             terminalreporter.write_sep("-", "verdict report")
             terminalreporter.write_line(f"{self.written['html']}  (with verdicts.json and verdicts.csv)")
+
+
+def _without_audits(case: dict) -> dict:
+    return {k: v for k, v in case.items() if k != "audits"}
 
 
 def _error_message(report: pytest.TestReport) -> str:

@@ -30,14 +30,20 @@ def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> C
         evidence = CHECKS[case.spec.probe].run(case, ctx)
     except Inconclusive as exc:
         record.verdict, record.reason = "inconclusive", exc.reason
+        record.audits = _audits(case, ctx)
     else:
+        record.audits = _audits(case, ctx)
         record.verdict, record.reason = decide(evidence, case.spec.pass_rule)
         record.statistic, record.value, record.effect = evidence.statistic, evidence.value, evidence.effect
-        record.ci, record.p, record.n = list(evidence.ci), evidence.p, dict(evidence.n)
+        record.ci, record.p, record.n = list(evidence.ci) if evidence.ci else None, evidence.p, dict(evidence.n)
         record.null, record.seed, record.details = evidence.null, evidence.seed, dict(evidence.details)
     finally:
         record.seconds = round(time.perf_counter() - start, 3)
     return record
+
+
+def _audits(case: Case, ctx: RunContext) -> dict[str, dict]:
+    return {name: ctx.audit(name).to_dict() for name in case.models}
 
 
 def _plain(params: object) -> dict:

@@ -10,7 +10,7 @@ A hypothesis file (one per family, top level of `hypotheses/`)::
         probe: pert_embedding_coherence     # one of suite.checks.CHECKS
         axes: {model: all, pathway: all}    # what the hypothesis expands over
         params: {null_model: magnitude_stratified}   # the probe's own parameters (checked per probe)
-        pass_rule: {p_below: 0.05, effect_above: 0.0}
+        pass_rule: {p_below: 0.05, effect_above: 0.0}   # optional; each probe has a default
         expected:                           # optional known outcomes
           - where: {pathway: decoy}
             verdict: fail                   # -> xfail; a pass becomes a strict XPASS failure
@@ -35,6 +35,7 @@ from .verdicts import PassRule
 from .yamlio import LineDict, LineList, read_yaml
 
 SCHEMA_VERSION = 1
+MODEL_ATTRIBUTES = ("cell_line", "split", "backbone")   # what `expected: where:` may match besides axes
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -68,7 +69,7 @@ class _RawHypothesis:
     probe: str
     axes: dict
     params: dict | None = None
-    pass_rule: PassRule = PassRule()
+    pass_rule: PassRule | None = None
     expected: tuple[Expectation, ...] = ()
     panels: tuple[str, ...] | None = None
 
@@ -135,7 +136,8 @@ def _read_hypothesis(item: Any, path: Path, default_panels: tuple[str, ...],
         _check_pathways(axes["pathway"], panels, where.child("axes"), item["axes"])
     for i, exp in enumerate(raw.expected):
         _check_expectation(exp, check.axes, panels, where.child(f"expected[{i}]"), item["expected"], i)
-    return HypothesisSpec(raw.id, " ".join(raw.claim.split()), raw.probe, axes, params, raw.pass_rule,
+    rule = raw.pass_rule if raw.pass_rule is not None else check.default_rule(params)
+    return HypothesisSpec(raw.id, " ".join(raw.claim.split()), raw.probe, axes, params, rule,
                           raw.expected, panels, str(path), item.line_of("id"),
                           item.line_of("axes"), tuple(item["expected"].line_of(i) for i in range(len(raw.expected)))
                           if raw.expected else ())
@@ -182,7 +184,7 @@ def _check_pathways(selected: Any, panels: dict[str, Panel], where: fields.Where
 
 def _check_expectation(exp: Expectation, axes: tuple[str, ...], panels: dict[str, Panel],
                        where: fields.Where, parent: LineList, index: int) -> None:
-    allowed = [*axes, "cell_line", "split"]
+    allowed = [*axes, *MODEL_ATTRIBUTES]
     entry = parent[index]
     where_map = fields.expect_mapping(exp.where, where, entry, "where")
     fields.reject_unknown(where_map, allowed, where.child("where"))

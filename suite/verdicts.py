@@ -20,6 +20,7 @@ class PassRule:
     p_below: float | None = 0.05
     effect_above: float | None = 0.0
     statistic_above: float | None = None
+    statistic_below: float | None = None
 
     LIMITS = {"p_below": (0.0, 1.0)}
 
@@ -31,7 +32,7 @@ class Evidence:
     statistic: str                 # name of `value`, e.g. "mean within-pathway cosine - mean all-pairs cosine"
     value: float                   # the observed statistic
     effect: float                  # the effect size the pass rule reads
-    ci: tuple[float, float]        # 95% CI of `effect`
+    ci: tuple[float, float] | None # 95% CI of `effect` (None: a measurement without sampling error)
     p: float | None                # one-sided p of the check's test (None: no test)
     n: dict[str, int]              # sample sizes actually used
     null: str                      # what the null distribution was, in words
@@ -64,6 +65,7 @@ class CaseResult:
     threshold: dict[str, Any] = field(default_factory=dict)
     outcome: str | None = None     # the pytest outcome, filled in from the test report
     seconds: float | None = None
+    audits: dict[str, dict] = field(default_factory=dict)   # audit of each model the case used
 
     def to_dict(self) -> dict[str, Any]:
         return _finite(asdict(self))
@@ -86,6 +88,10 @@ def decide(evidence: Evidence, rule: PassRule) -> tuple[str, str]:
         ok = evidence.value > rule.statistic_above
         relation = ">" if ok else "<="
         checks.append((ok, f"{evidence.statistic} = {_fmt(evidence.value)} {relation} {rule.statistic_above}"))
+    if rule.statistic_below is not None:
+        ok = evidence.value < rule.statistic_below
+        relation = "<" if ok else ">="
+        checks.append((ok, f"{evidence.statistic} = {_fmt(evidence.value)} {relation} {rule.statistic_below}"))
     verdict = "pass" if all(ok for ok, _ in checks) else "fail"
     return verdict, "; ".join(text for _, text in checks)
 

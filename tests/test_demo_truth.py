@@ -50,6 +50,10 @@ def test_decoy_never_passes(demo_registry, demo_run):
 
 
 def test_yaml_expectations_agree_with_the_ground_truth(demo_registry):
+    """For the planted-data hypotheses; the model-audit family's expectations are facts of the
+    installed libraries, checked in tests/test_audit.py."""
     for case in _cases(demo_registry):
+        if case.spec.id not in TRUTH["expected"]:
+            continue
         declared = case.expected.verdict if case.expected else "pass"
         assert declared == _truth_for(case), case.case_id

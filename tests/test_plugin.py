@@ -76,6 +76,10 @@ def test_run_record_is_written_with_the_contract_fields(demo_run_result):
     assert set(run) >= {"id", "started", "suite_commit", "device", "models", "versions"}
     assert set(run["models"]) == {"hepg2_fewshot", "jurkat_fewshot", "hepg2_zeroshot"}
     assert all(m["fingerprint"].startswith("sha256:") for m in run["models"].values())
+    audit = run["models"]["hepg2_fewshot"]["audit"]          # the only model these cases used
+    assert audit["attention"] in ("causal", "bidirectional") and audit["n_cells"] == 32
+    assert {"order_dependence", "coupling_mean", "repeat_difference", "dimensions", "warnings"} <= set(audit)
+    assert "audit" not in run["models"]["jurkat_fewshot"]
     cases = {c["case_id"]: c for c in document["cases"]}
     assert set(cases) == {"coh-hepg2_fewshot-ribosome", "coh-hepg2_fewshot-decoy", "coh-hepg2_fewshot-tiny",
                           "coh-hepg2_fewshot-typo", "flip-hepg2_fewshot-ribosome"}
@@ -100,6 +104,7 @@ def test_html_report_escapes_yaml_text(demo_run_result):
     _, report = demo_run_result
     html = (report / "verdict.html").read_text()
     assert "Pathway KDs &lt;b&gt;cluster&lt;/b&gt;." in html and "<b>cluster</b>" not in html
+    assert "What the models compute (audit)" in html and "not audited in this run" in html
 
 
 def test_spec_error_fails_the_run_with_file_and_line(tmp_path):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from ..verdicts import PassRule
 
 if TYPE_CHECKING:
     from ..cases import Case
@@ -24,12 +26,13 @@ class Check:
     params: type
     run: Callable[[Case, RunContext], Evidence]
     summary: str
+    default_rule: Callable[[Any], PassRule] = lambda params: PassRule()   # when a hypothesis gives none
 
 
 def _registry() -> dict[str, Check]:
-    from . import pert_embedding
+    from . import model_audit, pert_embedding
 
-    return {check.name: check for check in pert_embedding.CHECKS}
+    return {check.name: check for check in (*pert_embedding.CHECKS, *model_audit.CHECKS)}
 
 
 CHECKS: dict[str, Check] = _registry()

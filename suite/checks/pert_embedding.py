@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy.stats import binomtest
 
-from probes.embeddings import output_shifts, pert_embeddings, sample_cells
+from probes.embeddings import pert_embeddings
 
 from .. import stats
 from ..verdicts import Evidence
@@ -48,10 +48,12 @@ class SetTestParams:
     min_members: int = 3
     on_unknown: Literal["error", "drop"] = "error"
     cell_set_size: int | None = None
+    cell_orderings: int | None = None    # for order-sensitive models; default --cell-orderings
     seed: int = 0
 
     LIMITS = {"stratum_size": (2, 100_000), "n_permutations": (99, 1_000_000), "n_bootstrap": (99, 1_000_000),
-              "min_members": (2, 100_000), "cell_set_size": (2, 1_000_000), "k": (1, 1000)}
+              "min_members": (2, 100_000), "cell_set_size": (2, 1_000_000), "k": (1, 1000),
+              "cell_orderings": (1, 10_000)}
 
 
 @dataclass(frozen=True)
@@ -81,14 +83,14 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     null_sets = _null_sets(p, members, len(kds), lambda: _magnitudes(ctx, model, p))
     background = stats.mean_pairwise(sim, everyone)
     if p.statistic == "nn_hit_rate":
-        return _hit_rate_evidence(p, sim, members, everyone, null_sets, dropped, model)
+        return _hit_rate_evidence(p, sim, members, everyone, null_sets, dropped, model, ctx)
     result = stats.set_permutation_test(lambda s: stats.mean_pairwise(sim, s), members, null_sets)
     ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(sim, s) - background, members,
                             np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
         statistic="mean within-pathway cosine - mean all-pairs cosine" + _center_text(p),
         value=result.observed - background, effect=result.observed - background, ci=ci, p=result.p,
-        n=_sizes(p, members, kds, model), null=_null_text(p, len(members), len(kds)), seed=p.seed,
+        n=_sizes(p, members, kds, model, ctx), null=_null_text(p, len(members), len(kds)), seed=p.seed,
         details={"within": result.observed, "background": background, "null_mean_within": result.null_mean,
                  "null_sd_within": result.null_sd, "z": result.z,
                  "excess_over_null": result.observed - result.null_mean,
@@ -96,7 +98,7 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
                  "null_histogram": _histogram(result.null, result.observed)})
 
 
-def _hit_rate_evidence(p: CoherenceParams, sim, members, everyone, null_sets, dropped, model) -> Evidence:
+def _hit_rate_evidence(p: CoherenceParams, sim, members, everyone, null_sets, dropped, model, ctx) -> Evidence:
     result = stats.set_permutation_test(lambda s: stats.nn_hit_rate(sim, s, everyone), members, null_sets)
     hits = round(result.observed * len(members))
     low, high = binomtest(hits, len(members)).proportion_ci(method="wilson")
@@ -104,7 +106,7 @@ def _hit_rate_evidence(p: CoherenceParams, sim, members, everyone, null_sets, dr
     return Evidence(
         statistic="nearest-neighbour hit rate", value=result.observed, effect=result.observed - result.null_mean,
         ci=(low - result.null_mean, high - result.null_mean), p=result.p,
-        n=_sizes(p, members, model.kd_names, model), null=_null_text(p, len(members), len(model.kd_names)),
+        n=_sizes(p, members, model.kd_names, model, ctx), null=_null_text(p, len(members), len(model.kd_names)),
         seed=p.seed, details={"null_mean": result.null_mean, "z": result.z, "members": present, "dropped": dropped,
                               "hits": hits, "null_histogram": _histogram(result.null, result.observed)})
 
@@ -158,13 +160,12 @@ def _restrict(ctx: RunContext, model: LoadedModel, kds: list[str], center: str) 
 def _magnitudes(ctx: RunContext, model: LoadedModel, p) -> np.ndarray:
     """Effect magnitude of every KD (in kd_names order)."""
     rows = [model.pert_index(k) for k in model.kd_names]
-    control = model.pert_index(model.control_pert)
     if p.magnitude == "pert_repr_distance":
+        control = model.pert_index(model.control_pert)
         emb = _embeddings(ctx, model)
         return np.linalg.norm(emb[rows] - emb[control], axis=1)
     size = p.cell_set_size or model.cell_set_len
-    shifts = ctx.memo(("output_shifts", model.name, size, p.seed), lambda: output_shifts(
-        model.module, model.pert_onehots, control, sample_cells(model.cells, size, p.seed)))
+    shifts = ctx.output_shifts(model.name, size, p.seed, ctx.n_orderings(model.name, p.cell_orderings))
     return np.linalg.norm(shifts[rows], axis=1)
 
 
@@ -214,10 +215,11 @@ def _null_text(p, n_members: int, n_kds: int) -> str:
             f"count in each stratum of ~{p.stratum_size} KDs of similar {_magnitude_text(p)}")
 
 
-def _sizes(p, members, kds, model: LoadedModel) -> dict[str, int]:
+def _sizes(p, members, kds, model: LoadedModel, ctx: RunContext) -> dict[str, int]:
     sizes = {"members": len(members), "kds": len(kds), "permutations": p.n_permutations}
     if p.null_model == "magnitude_stratified" and p.magnitude == "output_shift":
         sizes["cells"] = p.cell_set_size or model.cell_set_len
+        sizes["cell_orderings"] = ctx.n_orderings(model.name, p.cell_orderings)
     return sizes
 
 
