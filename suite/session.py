@@ -4,6 +4,7 @@ and each model's audit (what it really computes) measured once."""
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -14,6 +15,10 @@ from fixtures.registry import ModelEntry
 from probes import model_audit
 from probes.audit import random_orderings
 from probes.embeddings import output_shifts, sample_cells
+from probes.representations import Readout, cell_sets, hidden_width, per_set_shifts
+from probes.sae import SparseAutoencoder, load_sae
+
+from .errors import Inconclusive, ModelLoadError
 
 T = TypeVar("T")
 
@@ -60,3 +65,34 @@ class RunContext:
                                  orderings=orders)
 
         return self.memo(("output_shifts", name, size, seed, n_orderings), compute)
+
+    def sae(self, name: str) -> tuple[SparseAutoencoder, int]:
+        """The registry's SAE of this model and the layer it reads, checked against that layer's width."""
+        entry = self.registry[name].sae
+        if entry is None:
+            raise Inconclusive(f"model '{name}' has no 'sae' entry in the models registry")
+
+        def compute() -> SparseAutoencoder:
+            sae = load_sae(Path(entry.path), entry.activation, entry.k)
+            model = self.model(name)
+            width = hidden_width(model.module, entry.layer, model.cells)
+            if sae.d_in != width:
+                raise ModelLoadError(f"{entry.path}: the SAE reads {sae.d_in} features but layer {entry.layer} of "
+                                     f"model '{name}' has {width}; it belongs to another model or layer. Fix "
+                                     "'sae.path' or 'sae.layer' in the models registry.")
+            return sae.to(self.device)
+
+        return self.memo(("sae", name), compute), entry.layer
+
+    def representations(self, name: str, kind: str, layer: int | None, n_sets: int, size: int, seed: int,
+                        n_orderings: int) -> np.ndarray:
+        """[n_sets, n_perts, D] per-set shifts of the `kind` readout (see probes/representations.py)."""
+        model = self.model(name)
+
+        def compute() -> np.ndarray:
+            sae = self.sae(name)[0] if kind == "sae" else None
+            sets = cell_sets(model.cells, n_sets, size, seed)
+            return per_set_shifts(model.module, model.pert_onehots, model.pert_index(model.control_pert), sets,
+                                  Readout(kind, layer, sae), random_orderings(size, n_orderings, seed))
+
+        return self.memo(("representations", name, kind, layer, n_sets, size, seed, n_orderings), compute)

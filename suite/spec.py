@@ -16,7 +16,8 @@ A hypothesis file (one per family, top level of `hypotheses/`)::
             verdict: fail                   # -> xfail; a pass becomes a strict XPASS failure
             reason: no planted program
 
-Everything is validated on load: unknown or duplicate keys, wrong types, values out of
+A top-level `definitions:` mapping may hold YAML anchors (`&negatives`) that hypotheses reuse
+(`expected: *negatives`). Everything is validated on load: unknown or duplicate keys, wrong types, values out of
 range, unknown probes and pathways are SpecErrors naming the file, line and field.
 """
 
@@ -79,6 +80,7 @@ class _RawFile:
     schema_version: int
     hypotheses: tuple[dict, ...]
     panels: tuple[str, ...] = ()
+    definitions: dict | None = None      # a place for YAML anchors (&name) reused below; not read otherwise
 
 
 def load_spec_dir(directory: Path) -> list[HypothesisSpec]:
@@ -124,6 +126,9 @@ def _read_hypothesis(item: Any, path: Path, default_panels: tuple[str, ...],
                           hint=_suggest(raw.probe, CHECKS))
     axes = _read_axes(item["axes"], check.axes, where.child("axes"), item)
     params = fields.build(check.params, raw.params, where.child("params"), item, "params")
+    problem = check.validate(params)
+    if problem:
+        raise where.error(problem, item, "params")
     panel_files = raw.panels if raw.panels is not None else default_panels
     for name in panel_files:
         if not (path.parent / name).is_file():

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom, false_discovery_control
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.stats import binom, false_discovery_control, hypergeom
 
 SetStatistic = Callable[[np.ndarray], float]
 
@@ -38,8 +39,7 @@ class PermutationResult:
 
 def cosine_similarity_matrix(x: np.ndarray) -> np.ndarray:
     """[n, d] rows -> [n, n] cosine similarities; zero rows get similarity 0."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    unit = np.divide(x, norms, out=np.zeros_like(x, dtype=float), where=norms > 0)
+    unit = unit_rows(x)
     return np.clip(unit @ unit.T, -1.0, 1.0)
 
 
@@ -50,6 +50,25 @@ def mean_pairwise(sim: np.ndarray, members: Sequence[int]) -> float:
     upper = np.triu_indices(len(idx), k=1)
     distinct = idx[upper[0]] != idx[upper[1]]
     return float(block[upper][distinct].mean())
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x, dtype=float), where=norms > 0)
+
+
+def within_and_background(x: np.ndarray, members: Sequence[int]) -> tuple[float, float]:
+    """(mean cosine among members, mean cosine over all pairs of rows) without the full matrix:
+    the all-pairs mean is (||sum of unit rows||^2 - n) / (n (n - 1))."""
+    unit = unit_rows(x)
+    n = len(unit)
+    total = unit.sum(axis=0)
+    background = (float(total @ total) - float((unit * unit).sum())) / (n * (n - 1))
+    block = unit[np.asarray(members)]
+    m = len(block)
+    summed = block.sum(axis=0)
+    within = (float(summed @ summed) - float((block * block).sum())) / (m * (m - 1))
+    return within, background
 
 
 def nn_hit_rate(sim: np.ndarray, members: Sequence[int], candidates: Sequence[int]) -> float:
@@ -85,6 +104,34 @@ def neighbour_agreement(nn_a: np.ndarray, nn_b: np.ndarray, members: Sequence[in
         a, b = set(nn_a[m].tolist()), set(near_b.tolist())
         scores.append(len(a & b) / len(a | b))
     return float(np.mean(scores))
+
+
+def average_linkage_clusters(x: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Cluster labels (1..n_clusters) of rows by average-linkage hierarchical clustering on cosine distance."""
+    distance = np.clip(1.0 - (unit_rows(x) @ unit_rows(x).T)[np.triu_indices(len(x), k=1)], 0.0, 2.0)
+    return fcluster(linkage(distance, method="average"), t=n_clusters, criterion="maxclust")
+
+
+def cluster_enrichment(labels: np.ndarray, members: Sequence[int]) -> list[dict]:
+    """Hypergeometric enrichment of `members` in each cluster, BH-adjusted over clusters; best first."""
+    member_mask = np.zeros(len(labels), dtype=bool)
+    member_mask[np.asarray(members)] = True
+    total, hits = len(labels), int(member_mask.sum())
+    rows = []
+    for cluster in np.unique(labels):
+        inside = labels == cluster
+        overlap = int((inside & member_mask).sum())
+        expected = inside.sum() * hits / total
+        rows.append({"cluster": int(cluster), "size": int(inside.sum()), "overlap": overlap,
+                     "expected": float(expected), "fold": float(overlap / expected),
+                     "p": float(hypergeom.sf(overlap - 1, total, hits, int(inside.sum())))})
+    for row, q in zip(rows, false_discovery_control([r["p"] for r in rows], method="bh"), strict=True):
+        row["q"] = float(q)
+    return sorted(rows, key=lambda r: (r["q"], -r["fold"]))
+
+
+
+
 
 
 def exact_p(null: np.ndarray, observed: float) -> float:

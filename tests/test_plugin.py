@@ -29,6 +29,11 @@ hypotheses:
       - where: {{pathway: decoy}}
         verdict: fail
         reason: no planted program
+  - id: rep
+    claim: Ribosome KDs cluster by ΔY.
+    probe: representation_clusters
+    axes: {{model: [hepg2_fewshot], pathway: [ribosome]}}
+    params: {{n_bootstrap: 99, n_clusters: 10}}
   - id: flip
     claim: A known negative that is not negative.
     probe: pert_embedding_coherence
@@ -82,7 +87,9 @@ def test_run_record_is_written_with_the_contract_fields(demo_run_result):
     assert "audit" not in run["models"]["jurkat_fewshot"]
     cases = {c["case_id"]: c for c in document["cases"]}
     assert set(cases) == {"coh-hepg2_fewshot-ribosome", "coh-hepg2_fewshot-decoy", "coh-hepg2_fewshot-tiny",
-                          "coh-hepg2_fewshot-typo", "flip-hepg2_fewshot-ribosome"}
+                          "coh-hepg2_fewshot-typo", "flip-hepg2_fewshot-ribosome", "rep-hepg2_fewshot-ribosome"}
+    rep = cases["rep-hepg2_fewshot-ribosome"]
+    assert rep["verdict"] == "pass" and rep["value"] > 2 and rep["details"]["table"][0]["overlap"] == 8
     ribo = cases["coh-hepg2_fewshot-ribosome"]
     for key in ("case_id", "hypothesis", "probe", "params", "statistic", "effect", "ci", "p", "q", "n",
                 "verdict", "expected", "outcome", "reason", "seconds"):
@@ -105,6 +112,7 @@ def test_html_report_escapes_yaml_text(demo_run_result):
     html = (report / "verdict.html").read_text()
     assert "Pathway KDs &lt;b&gt;cluster&lt;/b&gt;." in html and "<b>cluster</b>" not in html
     assert "What the models compute (audit)" in html and "not audited in this run" in html
+    assert 'data-id="rep-hepg2_fewshot-ribosome"' in html and 'class="enrichment"' in html
 
 
 def test_spec_error_fails_the_run_with_file_and_line(tmp_path):

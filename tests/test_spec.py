@@ -128,6 +128,27 @@ def test_panel_file_among_hypotheses_is_explained(write, tmp_path):
     assert "move it into a subfolder" in str(info.value)
 
 
+def test_cross_field_problems_are_spec_errors(write):
+    text = GOOD.replace("probe: pert_embedding_coherence", "probe: representation_coherence")
+    err = spec_error(write, text.replace("params: {n_permutations: 199, seed: 3}", "params: {representation: layer}"))
+    assert "needs 'layer: N'" in str(err) and err.line == 8
+    err = spec_error(write, text.replace("params: {n_permutations: 199, seed: 3}",
+                                         "params: {representation: sae, layer: 2}"))
+    assert "'layer' applies to representation 'layer' only" in str(err)
+
+
+def test_definitions_hold_anchors_for_reuse(write):
+    text = GOOD.replace("hypotheses:\n", "definitions:\n  neg: &neg\n    - {where: {pathway: decoy}, verdict: fail}\n"
+                        "hypotheses:\n")
+    text = text.replace("""    expected:
+      - where: {pathway: decoy}
+        verdict: fail
+        reason: no program
+""", "    expected: *neg\n")
+    (spec,) = load_spec_file(write("spec.yaml", text))
+    assert spec.expected[0].verdict == "fail" and spec.expected[0].where == {"pathway": "decoy"}
+
+
 def test_gmt_panels(write):
     gmt = write("sets.gmt", "RIBO\tribosome\tRPL3\tRPL7\tRPS3\nBAD LINE WITH SPACES\n")
     text = GOOD.replace(str(PANELS), str(gmt)).replace("[ribosome, decoy]", "[RIBO]")

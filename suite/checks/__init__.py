@@ -27,12 +27,14 @@ class Check:
     run: Callable[[Case, RunContext], Evidence]
     summary: str
     default_rule: Callable[[Any], PassRule] = lambda params: PassRule()   # when a hypothesis gives none
+    validate: Callable[[Any], str | None] = lambda params: None          # cross-field checks of params
 
 
 def _registry() -> dict[str, Check]:
-    from . import model_audit, pert_embedding
+    from . import model_audit, pert_embedding, representation
 
-    return {check.name: check for check in (*pert_embedding.CHECKS, *model_audit.CHECKS)}
+    families = (pert_embedding.CHECKS, representation.CHECKS, model_audit.CHECKS)
+    return {check.name: check for family in families for check in family}
 
 
 CHECKS: dict[str, Check] = _registry()

@@ -27,7 +27,8 @@ from probes.embeddings import pert_embeddings
 
 from .. import stats
 from ..verdicts import Evidence
-from . import Check
+from . import Check, common
+from .common import NullParams
 from .members import resolve_members
 
 if TYPE_CHECKING:
@@ -37,23 +38,11 @@ if TYPE_CHECKING:
     from ..session import RunContext
 
 @dataclass(frozen=True)
-class SetTestParams:
-    """Parameters every KD-set test shares: its null, its sample sizes and its seed."""
+class SetTestParams(NullParams):
+    """The embedding checks' parameters: the shared null parameters plus what magnitude means."""
 
-    null_model: Literal["magnitude_stratified", "label_permutation"] = "magnitude_stratified"
     magnitude: Literal["output_shift", "pert_repr_distance"] = "output_shift"
-    stratum_size: int = 10
-    n_permutations: int = 2000
-    n_bootstrap: int = 1000
-    min_members: int = 3
-    on_unknown: Literal["error", "drop"] = "error"
     cell_set_size: int | None = None
-    cell_orderings: int | None = None    # for order-sensitive models; default --cell-orderings
-    seed: int = 0
-
-    LIMITS = {"stratum_size": (2, 100_000), "n_permutations": (99, 1_000_000), "n_bootstrap": (99, 1_000_000),
-              "min_members": (2, 100_000), "cell_set_size": (2, 1_000_000), "k": (1, 1000),
-              "cell_orderings": (1, 10_000)}
 
 
 @dataclass(frozen=True)
@@ -80,7 +69,7 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     sim = _kd_similarity(ctx, model, p.center)
     members = np.array([kds.index(k) for k in present])
     everyone = np.arange(len(kds))
-    null_sets = _null_sets(p, members, len(kds), lambda: _magnitudes(ctx, model, p))
+    null_sets = common.null_sets(p, members, len(kds), lambda: _magnitudes(ctx, model, p))
     background = stats.mean_pairwise(sim, everyone)
     if p.statistic == "nn_hit_rate":
         return _hit_rate_evidence(p, sim, members, everyone, null_sets, dropped, model, ctx)
@@ -90,12 +79,13 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     return Evidence(
         statistic="mean within-pathway cosine - mean all-pairs cosine" + _center_text(p),
         value=result.observed - background, effect=result.observed - background, ci=ci, p=result.p,
-        n=_sizes(p, members, kds, model, ctx), null=_null_text(p, len(members), len(kds)), seed=p.seed,
+        n=_sizes(p, members, kds, model, ctx), seed=p.seed,
+        null=common.set_null_text(p, len(members), len(kds), _magnitude_text(p)),
         details={"within": result.observed, "background": background, "null_mean_within": result.null_mean,
                  "null_sd_within": result.null_sd, "z": result.z,
                  "excess_over_null": result.observed - result.null_mean,
                  "nn_hit_rate": stats.nn_hit_rate(sim, members, everyone), "members": present, "dropped": dropped,
-                 "null_histogram": _histogram(result.null, result.observed)})
+                 "null_histogram": common.histogram(result.null, result.observed)})
 
 
 def _hit_rate_evidence(p: CoherenceParams, sim, members, everyone, null_sets, dropped, model, ctx) -> Evidence:
@@ -106,9 +96,10 @@ def _hit_rate_evidence(p: CoherenceParams, sim, members, everyone, null_sets, dr
     return Evidence(
         statistic="nearest-neighbour hit rate", value=result.observed, effect=result.observed - result.null_mean,
         ci=(low - result.null_mean, high - result.null_mean), p=result.p,
-        n=_sizes(p, members, model.kd_names, model, ctx), null=_null_text(p, len(members), len(model.kd_names)),
+        n=_sizes(p, members, model.kd_names, model, ctx),
+        null=common.set_null_text(p, len(members), len(model.kd_names), _magnitude_text(p)),
         seed=p.seed, details={"null_mean": result.null_mean, "z": result.z, "members": present, "dropped": dropped,
-                              "hits": hits, "null_histogram": _histogram(result.null, result.observed)})
+                              "hits": hits, "null_histogram": common.histogram(result.null, result.observed)})
 
 
 def consistency(case: Case, ctx: RunContext) -> Evidence:
@@ -121,7 +112,7 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
                                        on_unknown=p.on_unknown, min_members=p.min_members)
     nn_a, nn_b = (stats.knn_table(_restrict(ctx, m, shared, p.center), p.k) for m in (model_a, model_b))
     members = np.array([shared.index(k) for k in present])
-    perms = _relabelings(p, len(shared), lambda: _pair_magnitude(ctx, (model_a, model_b), shared, p))
+    perms = common.relabelings(p, len(shared), lambda: _pair_magnitude(ctx, (model_a, model_b), shared, p))
     observed = stats.neighbour_agreement(nn_a, nn_b, members)
     null = np.array([stats.neighbour_agreement(nn_a, nn_b, members, perm) for perm in perms])
     result = stats.PermutationResult(observed, null, stats.exact_p(null, observed))
@@ -131,9 +122,10 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
         statistic=f"mean Jaccard overlap of {p.k} nearest KDs in both models" + _center_text(p), value=observed,
         effect=observed - result.null_mean, ci=ci, p=result.p,
         n={"members": len(members), "shared_kds": len(shared), "permutations": p.n_permutations,
-           "bootstrap": p.n_bootstrap}, null=_relabel_text(p, model_b.name, len(shared)), seed=p.seed,
+           "bootstrap": p.n_bootstrap}, seed=p.seed,
+        null=common.relabel_text(p, model_b.name, len(shared), _magnitude_text(p)),
         details={"null_mean": result.null_mean, "z": result.z, "members": present, "dropped": dropped,
-                 "null_histogram": _histogram(null, observed)})
+                 "null_histogram": common.histogram(null, observed)})
 
 
 def _kd_similarity(ctx: RunContext, model: LoadedModel, center: str) -> np.ndarray:
@@ -178,26 +170,10 @@ def _pair_magnitude(ctx: RunContext, models, shared: list[str], p) -> np.ndarray
     return np.mean(ranks, axis=0)
 
 
-def _null_sets(p, members: np.ndarray, n_kds: int, magnitude) -> np.ndarray:
-    rng = np.random.default_rng(p.seed)
-    if p.null_model == "label_permutation":
-        return stats.random_sets(rng, np.arange(n_kds), len(members), p.n_permutations)
-    strata = stats.magnitude_strata(magnitude(), np.arange(n_kds), p.stratum_size)
-    return stats.stratified_sets(rng, strata, members, p.n_permutations)
 
 
-def _relabelings(p, n_kds: int, magnitude) -> np.ndarray:
-    rng = np.random.default_rng(p.seed)
-    if p.null_model == "label_permutation":
-        return stats.permutations_within(rng, [np.arange(n_kds)], n_kds, p.n_permutations)
-    strata = stats.magnitude_strata(magnitude(), np.arange(n_kds), p.stratum_size)
-    return stats.permutations_within(rng, strata, n_kds, p.n_permutations)
 
 
-def _relabel_text(p, second: str, n_kds: int) -> str:
-    where = "among all" if p.null_model == "label_permutation" else \
-        f"within strata of ~{p.stratum_size} KDs of similar {_magnitude_text(p)}, among"
-    return f"{p.n_permutations} relabelings of {second}'s KDs {where} {n_kds} shared KDs"
 
 
 def _center_text(p) -> str:
@@ -208,11 +184,6 @@ def _magnitude_text(p) -> str:
     return "output-shift norm" if p.magnitude == "output_shift" else "distance of pert_repr from the control's"
 
 
-def _null_text(p, n_members: int, n_kds: int) -> str:
-    if p.null_model == "label_permutation":
-        return f"label permutation: {p.n_permutations} random sets of {n_members} of the {n_kds} KDs"
-    return (f"magnitude-stratified permutation: {p.n_permutations} random sets of {n_members} KDs with the members' "
-            f"count in each stratum of ~{p.stratum_size} KDs of similar {_magnitude_text(p)}")
 
 
 def _sizes(p, members, kds, model: LoadedModel, ctx: RunContext) -> dict[str, int]:
@@ -223,10 +194,6 @@ def _sizes(p, members, kds, model: LoadedModel, ctx: RunContext) -> dict[str, in
     return sizes
 
 
-def _histogram(null: np.ndarray, observed: float, bins: int = 30) -> dict:
-    """A compact null histogram (for the report's plot)."""
-    counts, edges = np.histogram(null, bins=bins)
-    return {"counts": counts.tolist(), "edges": edges.tolist(), "observed": observed}
 
 
 CHECKS = (

@@ -1,0 +1,190 @@
+"""Representation checks (Option 1, NB01; Option 5 part 1): is pathway biology organised in what
+the model computes? Each works on one representation, a per-KD shift from the control:
+
+  output_shift  ΔY, the mean predicted expression change (gene space)
+  layer         the mean change of the backbone's hidden state after block `layer`
+  sae           the mean change of SAE features of that hidden state (the registry's SAE)
+
+representation_coherence     within-pathway cosine - all-pairs cosine; label permutation
+                             (the notes' rule: p < 0.05 and effect > 0.1), CI by bootstrap
+                             over cell sets
+representation_clusters      average-linkage clusters of all KDs; hypergeometric enrichment of
+                             the pathway per cluster, BH over clusters; the table is reported
+representation_consistency   across a model pair: Jaccard overlap of each pathway KD's k nearest
+                             KDs in the two models, against relabelings of the second model's KDs
+                             within strata of similar magnitude (weak KDs neighbour each other in
+                             any model, which plain relabeling reads as agreement)
+
+Comparing the same KD's ΔY directly across models is not offered: a KD lowers its own gene,
+and the decoder spreads that change the same way, in every model, so even KDs without any
+program "agree" (demo decoy: cosine 0.23 with the own gene left out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from .. import stats
+from ..errors import ProbeError
+from ..verdicts import Evidence, PassRule
+from . import Check, common
+from .common import NullParams
+from .members import resolve_members
+
+if TYPE_CHECKING:
+    from fixtures.arc_state import LoadedModel
+
+    from ..cases import Case
+    from ..session import RunContext
+
+KIND = {"output_shift": "output", "layer": "layer", "sae": "sae"}
+
+
+@dataclass(frozen=True)
+class RepresentationParams(NullParams):
+    representation: Literal["output_shift", "layer", "sae"] = "output_shift"
+    layer: int | None = None               # for `layer`; `sae` reads the SAE's own layer
+    n_cell_sets: int = 8                   # cell sets averaged (and bootstrapped over)
+    cell_set_size: int | None = None       # default: the model's cell_set_len
+    null_model: Literal["magnitude_stratified", "label_permutation"] = "label_permutation"
+    n_bootstrap: int = 500
+
+
+@dataclass(frozen=True)
+class ClusterParams(RepresentationParams):
+    n_clusters: int = 12
+    n_bootstrap: int = 200
+
+
+@dataclass(frozen=True)
+class ConsistencyParams(RepresentationParams):
+    k: int = 5                             # nearest KDs compared
+    null_model: Literal["magnitude_stratified", "label_permutation"] = "magnitude_stratified"
+
+
+def validate(p: RepresentationParams) -> str | None:
+    if p.representation == "layer" and p.layer is None:
+        return "representation 'layer' needs 'layer: N' (the backbone block whose output to read)"
+    if p.representation != "layer" and p.layer is not None:
+        return "'layer' applies to representation 'layer' only (an SAE reads the layer the registry gives it)"
+    return None
+
+
+def coherence(case: Case, ctx: RunContext) -> Evidence:
+    p: RepresentationParams = case.spec.params
+    model, per_set, label = _representation(ctx, case.axes["model"], p)
+    present, dropped, members = _members(case, model.kd_names, model.gene_universe, model.name, p)
+    x = per_set.mean(axis=0)
+    within, background = stats.within_and_background(x, members)
+    null_sets = common.null_sets(p, members, len(x), lambda: np.linalg.norm(x, axis=1))
+    result = stats.set_permutation_test(lambda s: stats.within_and_background(x, s)[0], members, null_sets)
+    rng = np.random.default_rng(p.seed)
+    boot = [np.subtract(*stats.within_and_background(per_set[rng.integers(0, len(per_set), len(per_set))].mean(0),
+                                                    members)) for _ in range(p.n_bootstrap)]
+    return Evidence(
+        statistic=f"mean within-pathway cosine - mean all-pairs cosine of {label}", value=within - background,
+        effect=within - background, ci=common.percentile_ci(boot), p=result.p,
+        n=_sizes(p, members, x, model, ctx), null=common.set_null_text(p, len(members), len(x), f"{label} norm"),
+        seed=p.seed, details={"within": within, "background": background, "null_mean_within": result.null_mean,
+                              "z": result.z, "members": present, "dropped": dropped,
+                              "null_histogram": common.histogram(result.null, result.observed)})
+
+
+def clusters(case: Case, ctx: RunContext) -> Evidence:
+    p: ClusterParams = case.spec.params
+    model, per_set, label = _representation(ctx, case.axes["model"], p)
+    present, dropped, members = _members(case, model.kd_names, model.gene_universe, model.name, p)
+    if p.n_clusters >= len(model.kd_names):
+        raise ProbeError(f"n_clusters {p.n_clusters} must be below the number of KDs ({len(model.kd_names)})")
+    table = stats.cluster_enrichment(stats.average_linkage_clusters(per_set.mean(0), p.n_clusters), members)
+    best = table[0]
+    boot = [stats.cluster_enrichment(labels, members)[0]["fold"] - 1
+            for labels in _bootstrap_clusterings(ctx, case.axes["model"], per_set, p)]
+    ci = common.percentile_ci(boot)
+    return Evidence(
+        statistic=f"fold enrichment of the pathway in its best cluster of {label}", value=best["fold"],
+        effect=best["fold"] - 1, ci=ci, p=best["q"],
+        n={"members": len(members), "kds": len(model.kd_names), "clusters": p.n_clusters,
+           "cell_sets": p.n_cell_sets, "bootstrap": p.n_bootstrap},
+        null=f"hypergeometric: a cluster of the same size drawn from the {len(model.kd_names)} KDs; p is the "
+             f"smallest BH-adjusted p over the {len(table)} clusters (average linkage, cosine distance)",
+        seed=p.seed, details={"best_cluster": best["cluster"], "members": present, "dropped": dropped,
+                              "table": [r for r in table if r["overlap"] > 0]})
+
+
+def consistency(case: Case, ctx: RunContext) -> Evidence:
+    p: ConsistencyParams = case.spec.params
+    (model_a, set_a, label), (model_b, set_b, _) = (_representation(ctx, n, p) for n in case.axes["model_pair"])
+    shared = [k for k in model_a.kd_names if k in set(model_b.kd_names)]
+    present, dropped, members = _members(case, shared, model_a.gene_universe | model_b.gene_universe,
+                                         f"{model_a.name} and {model_b.name}", p)
+    x_a = set_a.mean(0)[[model_a.kd_names.index(k) for k in shared]]
+    x_b = set_b.mean(0)[[model_b.kd_names.index(k) for k in shared]]
+    nn_a, nn_b = (stats.knn_table(stats.cosine_similarity_matrix(x), p.k) for x in (x_a, x_b))
+    perms = common.relabelings(p, len(shared), lambda: np.linalg.norm(x_b, axis=1))
+    observed = stats.neighbour_agreement(nn_a, nn_b, members)
+    null = np.array([stats.neighbour_agreement(nn_a, nn_b, members, perm) for perm in perms])
+    result = stats.PermutationResult(observed, null, stats.exact_p(null, observed))
+    return Evidence(
+        statistic=f"mean Jaccard overlap of the {p.k} nearest KDs in {label} in the two models", value=observed,
+        effect=observed - result.null_mean, ci=None, p=result.p,
+        n={"members": len(members), "shared_kds": len(shared), "permutations": p.n_permutations,
+           "cell_sets": p.n_cell_sets}, null=common.relabel_text(p, model_b.name, len(shared), f"{label} norm"),
+        seed=p.seed, details={"null_mean": result.null_mean, "z": result.z, "members": present, "dropped": dropped,
+                              "null_histogram": common.histogram(null, observed)})
+
+
+def _bootstrap_clusterings(ctx: RunContext, name: str, per_set: np.ndarray, p: ClusterParams) -> list[np.ndarray]:
+    """Cluster labels of the KDs for each bootstrap resample of the cell sets (shared by all pathways)."""
+    def compute() -> list[np.ndarray]:
+        rng = np.random.default_rng(p.seed)
+        return [stats.average_linkage_clusters(per_set[rng.integers(0, len(per_set), len(per_set))].mean(0),
+                                               p.n_clusters) for _ in range(p.n_bootstrap)]
+
+    return ctx.memo(("cluster_bootstrap", name, p.representation, p.layer, p.n_cell_sets, p.cell_set_size,
+                     p.n_clusters, p.n_bootstrap, p.seed, p.cell_orderings), compute)
+
+
+def _representation(ctx: RunContext, name: str, p: RepresentationParams) -> tuple[LoadedModel, np.ndarray, str]:
+    """The model, its [n_sets, n_kds, D] per-set shifts (KDs in kd_names order) and a label."""
+    model = ctx.model(name)
+    layer = ctx.sae(name)[1] if p.representation == "sae" else p.layer
+    size = p.cell_set_size or model.cell_set_len
+    per_set = ctx.representations(name, KIND[p.representation], layer, p.n_cell_sets, size, p.seed,
+                                  ctx.n_orderings(name, p.cell_orderings))
+    rows = [model.pert_index(k) for k in model.kd_names]
+    label = {"output_shift": "ΔY", "layer": f"layer-{layer} shift", "sae": f"SAE-feature shift (layer {layer})"}
+    return model, per_set[:, rows, :], label[p.representation]
+
+
+def _members(case: Case, available, universe, model: str, p: RepresentationParams):
+    panel = case.spec.panels[case.axes["pathway"]]
+    present, dropped = resolve_members(panel.kds, available, universe, panel=panel, model=model, what="KDs",
+                                       on_unknown=p.on_unknown, min_members=p.min_members)
+    return present, dropped, np.array([list(available).index(k) for k in present])
+
+
+
+
+def _sizes(p: RepresentationParams, members, x, model: LoadedModel, ctx: RunContext) -> dict[str, int]:
+    return {"members": len(members), "kds": len(x), "cell_sets": p.n_cell_sets,
+            "cells_per_set": p.cell_set_size or model.cell_set_len,
+            "cell_orderings": ctx.n_orderings(model.name, p.cell_orderings),
+            "permutations": p.n_permutations, "bootstrap": p.n_bootstrap}
+
+
+def _notes_rule(_params: RepresentationParams) -> PassRule:
+    return PassRule(p_below=0.05, effect_above=0.1)
+
+
+CHECKS = (
+    Check("representation_coherence", ("model", "pathway"), RepresentationParams, coherence,
+          "pathway KDs closer in a representation (ΔY, layer, SAE) than random KD sets", _notes_rule, validate),
+    Check("representation_clusters", ("model", "pathway"), ClusterParams, clusters,
+          "pathway KDs enriched in one cluster of a representation", validate=validate),
+    Check("representation_consistency", ("model_pair", "pathway"), ConsistencyParams, consistency,
+          "pathway KDs keep their nearest KDs in a representation across two models", _notes_rule, validate),
+)
