@@ -10,6 +10,7 @@ YAML panel file::
         genes: [RPL3, RPL5, RPL24, RPS15]  # member genes (gene-level probes); default: kds
         regulators: [RPL5, RPS6]           # optional, for targeted Jacobians
         targets: [RPL24, RPS15]            # optional
+        unrelated_kds: [MYC, MAX]          # optional: the comparison KDs for targeted Jacobians
 
 GMT (MSigDB's format, one set per line: name, description, genes tab-separated) gives
 panels whose KDs and genes are the set's genes.
@@ -37,6 +38,7 @@ class Panel:
     description: str = ""
     file: str = ""            # where the panel was defined, for messages
     line: int | None = None
+    unrelated_kds: tuple[str, ...] = ()
 
     @property
     def source(self) -> str:
@@ -50,6 +52,7 @@ class _PanelEntry:
     regulators: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
     description: str = ""
+    unrelated_kds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ def _read_yaml(path: Path) -> list[Panel]:
         if not kds:
             raise where.error(f"pathway '{name}' lists neither 'kds' nor 'genes'", pathways, name)
         panels.append(Panel(str(name), kds, entry.genes or kds, entry.regulators, entry.targets,
-                            entry.description, str(path), pathways.line_of(name)))
+                            description=entry.description, file=str(path), line=pathways.line_of(name),
+                            unrelated_kds=entry.unrelated_kds))
     return panels
 
 

@@ -15,6 +15,7 @@ from fixtures.registry import ModelEntry
 from probes import model_audit
 from probes.audit import random_orderings
 from probes.embeddings import output_shifts, sample_cells
+from probes.jacobian import targeted_jacobians
 from probes.representations import Readout, cell_sets, hidden_width, per_set_shifts
 from probes.sae import SparseAutoencoder, load_sae
 
@@ -96,3 +97,20 @@ class RunContext:
                                   Readout(kind, layer, sae), random_orderings(size, n_orderings, seed))
 
         return self.memo(("representations", name, kind, layer, n_sets, size, seed, n_orderings), compute)
+
+    def jacobians(self, name: str, kds: tuple[str, ...], regulators: tuple[str, ...], mode: str, size: int,
+                  seed: int, n_orderings: int) -> np.ndarray:
+        """[K, R, G] targeted Jacobians (probes/jacobian.py) on `size` seeded control cells; each KD's
+        rows are computed once per run for a given regulator set and mode."""
+        model = self.model(name)
+        keys = {kd: ("jacobian", name, kd, regulators, mode, size, seed, n_orderings) for kd in kds}
+        missing = [kd for kd in kds if keys[kd] not in self._memo]
+        if missing:
+            cells = sample_cells(model.cells, size, seed)
+            with torch.no_grad():
+                reprs = model.module.pert_encoder(model.pert_onehots[[model.pert_index(k) for k in missing]])
+            genes = [model.gene_names.index(g) for g in regulators]
+            orders = random_orderings(size, n_orderings, seed)
+            rows = targeted_jacobians(model.module, cells, reprs, genes, mode, orders)
+            self._memo.update({keys[kd]: row for kd, row in zip(missing, rows, strict=True)})
+        return np.stack([self._memo[keys[kd]] for kd in kds])

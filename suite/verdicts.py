@@ -38,6 +38,7 @@ class Evidence:
     null: str                      # what the null distribution was, in words
     seed: int
     details: dict[str, Any] = field(default_factory=dict)   # further numbers for the report
+    conditions: tuple[tuple[bool, str], ...] = ()            # the check's own requirements, (holds, text)
 
 
 @dataclass
@@ -92,6 +93,7 @@ def decide(evidence: Evidence, rule: PassRule) -> tuple[str, str]:
         ok = evidence.value < rule.statistic_below
         relation = "<" if ok else ">="
         checks.append((ok, f"{evidence.statistic} = {_fmt(evidence.value)} {relation} {rule.statistic_below}"))
+    checks.extend(evidence.conditions)
     verdict = "pass" if all(ok for ok, _ in checks) else "fail"
     return verdict, "; ".join(text for _, text in checks)
 
