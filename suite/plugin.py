@@ -106,9 +106,10 @@ def collect_cases(state: SuiteState) -> list[Case]:
 
 def marks_for(case: Case) -> list:
     marks = [getattr(pytest.mark, case.spec.probe)]
-    if case.expected and case.expected.verdict == "fail":
-        reason = f"expected fail: {case.expected.reason}" if case.expected.reason else "expected fail"
-        marks.append(pytest.mark.xfail(strict=True, raises=HypothesisFailed, reason=reason))
+    if case.expected and case.expected.verdict in ("fail", "either"):
+        verdict = case.expected.verdict
+        reason = f"expected {verdict}: {case.expected.reason}" if case.expected.reason else f"expected {verdict}"
+        marks.append(pytest.mark.xfail(strict=verdict == "fail", raises=HypothesisFailed, reason=reason))
     return marks
 
 

@@ -16,6 +16,7 @@ from probes import model_audit
 from probes.audit import random_orderings
 from probes.embeddings import output_shifts, sample_cells
 from probes.jacobian import targeted_jacobians
+from probes.knockout import knockout_matrix, load_knockout_matrix
 from probes.representations import Readout, cell_sets, hidden_width, per_set_shifts
 from probes.sae import SparseAutoencoder, load_sae
 
@@ -114,3 +115,26 @@ class RunContext:
             rows = targeted_jacobians(model.module, cells, reprs, genes, mode, orders)
             self._memo.update({keys[kd]: row for kd, row in zip(missing, rows, strict=True)})
         return np.stack([self._memo[keys[kd]] for kd in kds])
+
+    def knockouts(self, name: str, genes: tuple[str, ...], perturbation: str, size: int, seed: int,
+                  n_orderings: int) -> tuple[np.ndarray, tuple[str, ...], str]:
+        """(KO matrix [n, G], its row genes, where it came from): the registry's precomputed matrix
+        if the model has one, else the model's prediction with each of `genes` zeroed."""
+        model = self.model(name)
+        entry = self.registry[name].knockout
+        if entry is not None:
+            def load() -> tuple[np.ndarray, tuple[str, ...], str]:
+                matrix, rows = load_knockout_matrix(Path(entry.path), Path(entry.genes), model.gene_names)
+                return matrix, tuple(rows), f"precomputed {entry.path}"
+
+            return self.memo(("knockout_file", name), load)
+
+        def compute() -> tuple[np.ndarray, tuple[str, ...], str]:
+            cells = sample_cells(model.cells, size, seed)
+            with torch.no_grad():
+                rep = model.module.pert_encoder(model.pert_onehots[model.pert_index(perturbation)][None])[0]
+            rows = knockout_matrix(model.module, cells, rep, [model.gene_names.index(g) for g in genes],
+                                   random_orderings(size, n_orderings, seed))
+            return rows, genes, f"predicted on {size} control cells under {perturbation}"
+
+        return self.memo(("knockout", name, genes, perturbation, size, seed, n_orderings), compute)

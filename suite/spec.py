@@ -14,7 +14,7 @@ A hypothesis file (one per family, top level of `hypotheses/`)::
         expected:                           # optional known outcomes
           - where: {pathway: decoy}
             verdict: fail                   # -> xfail; a pass becomes a strict XPASS failure
-            reason: no planted program
+            reason: no planted program      # (`either`: reported, not asserted; give the reason)
 
 A top-level `definitions:` mapping may hold YAML anchors (`&negatives`) that hypotheses reuse
 (`expected: *negatives`). Everything is validated on load: unknown or duplicate keys, wrong types, values out of
@@ -43,7 +43,7 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 @dataclass(frozen=True)
 class Expectation:
     where: dict
-    verdict: Literal["pass", "fail"]
+    verdict: Literal["pass", "fail", "either"]   # either: known to be unsettled; reported, not asserted
     reason: str = ""
 
 

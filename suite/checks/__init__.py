@@ -31,9 +31,9 @@ class Check:
 
 
 def _registry() -> dict[str, Check]:
-    from . import jacobian, model_audit, pert_embedding, representation
+    from . import jacobian, knockout, model_audit, pert_embedding, representation
 
-    families = (pert_embedding.CHECKS, representation.CHECKS, jacobian.CHECKS, model_audit.CHECKS)
+    families = (pert_embedding.CHECKS, representation.CHECKS, jacobian.CHECKS, knockout.CHECKS, model_audit.CHECKS)
     return {check.name: check for family in families for check in family}
 
 

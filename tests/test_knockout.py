@@ -1,0 +1,65 @@
+"""In-silico knockouts: rows against plain forward passes, precomputed matrices, per-gene Spearman."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from probes.forward import arc_state_forward
+from probes.knockout import knockout_matrix, load_knockout_matrix
+from suite.checks.knockout import per_gene_spearman
+from suite.errors import ModelLoadError
+from suite.session import RunContext
+
+
+def test_one_ko_row_equals_a_single_forward_with_the_gene_zeroed(demo_run):
+    model = demo_run.model("hepg2_fewshot")
+    cells = model.cells[:32]
+    onehot = model.pert_onehots[model.pert_index("MYC")]
+    with torch.no_grad():
+        rep = model.module.pert_encoder(onehot[None])[0]
+    genes = [0, 17, 42, 199]
+    rows = knockout_matrix(model.module, cells, rep, genes, torch.arange(32)[None], chunk_size=3)
+    knocked = cells.clone()
+    knocked[:, 42] = 0.0
+    with torch.no_grad():
+        plain = arc_state_forward(model.module, knocked, onehot).mean(0) - arc_state_forward(model.module, cells,
+                                                                                              onehot).mean(0)
+    assert np.allclose(rows[2], plain.double().numpy(), atol=1e-5)
+
+
+def test_per_gene_spearman_leaves_the_own_output_out():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 10)), rng.normal(size=(3, 10))
+    a[1, 4], b[1, 4] = 100.0, 100.0                           # a shared huge self effect
+    r = per_gene_spearman(a, b, [-1, 4, 2])
+    assert r[1] == pytest.approx(spearmanr(np.delete(a[1], 4), np.delete(b[1], 4)).statistic)
+    assert r[0] == pytest.approx(spearmanr(a[0], b[0]).statistic)
+
+
+def test_precomputed_matrices_are_checked(tmp_path):
+    genes = ("A", "B", "C", "D")
+    (tmp_path / "genes.txt").write_text("A\nC\n")
+    np.save(tmp_path / "ok.npy", np.ones((2, 4)))
+    matrix, rows = load_knockout_matrix(tmp_path / "ok.npy", tmp_path / "genes.txt", genes)
+    assert matrix.shape == (2, 4) and rows == ["A", "C"]
+    np.save(tmp_path / "wide.npy", np.ones((2, 5)))
+    with pytest.raises(ModelLoadError, match=r"shape \(2, 5\).*must be \[2, 4\]"):
+        load_knockout_matrix(tmp_path / "wide.npy", tmp_path / "genes.txt", genes)
+    (tmp_path / "typo.txt").write_text("A\nCC\n")
+    with pytest.raises(ModelLoadError, match="'CC'.*did you mean 'C'"):
+        load_knockout_matrix(tmp_path / "ok.npy", tmp_path / "typo.txt", genes)
+
+
+def test_registry_precomputed_matrix_is_used_instead_of_the_model(demo_registry, tmp_path):
+    from fixtures.registry import KnockoutEntry
+
+    entry = demo_registry["jurkat_fewshot"]
+    (tmp_path / "genes.txt").write_text("RPL3\nMYC\n")
+    np.save(tmp_path / "ko.npy", np.arange(400, dtype=float).reshape(2, 200))
+    registry = {"j": replace(entry, name="j", knockout=KnockoutEntry(str(tmp_path / "ko.npy"),
+                                                                      str(tmp_path / "genes.txt")))}
+    matrix, rows, source = RunContext(registry, torch.device("cpu")).knockouts("j", ("X",), "non-targeting", 32, 0, 1)
+    assert rows == ("RPL3", "MYC") and matrix[1, 0] == 200 and source.startswith("precomputed")
