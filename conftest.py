@@ -8,6 +8,7 @@ import pytest
 
 from fixtures.device import resolve_device
 from fixtures.registry import load_registry
+from suite.cache import ArrayCache
 from suite.cases import Case
 from suite.errors import SuiteError
 from suite.plugin import RECORD, STATE, collect_cases, marks_for
@@ -36,7 +37,9 @@ def suite_run(pytestconfig: pytest.Config) -> RunContext:
         device = resolve_device(state.device_choice)
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    return RunContext(state.registry or load_registry(state.models_path), device, state.cell_orderings)
+    cache = pytestconfig.cache.mkdir("st-hypotheses") if getattr(pytestconfig, "cache", None) else None
+    return RunContext(state.registry or load_registry(state.models_path), device, state.cell_orderings,
+                      ArrayCache(cache))
 
 
 @pytest.fixture

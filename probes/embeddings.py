@@ -32,6 +32,27 @@ def sample_cells(cells: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     return cells[order.to(cells.device)]
 
 
+CELL_SAMPLINGS = ("random", "stratified", "top_magnitude")
+
+
+def select_cells(cells: torch.Tensor, size: int, seed: int, sampling: str = "random") -> torch.Tensor:
+    """`size` control cells chosen the NB09 ways: `random` (seeded, without replacement), `stratified`
+    (one seeded cell from each of `size` equal bins of total expression) or `top_magnitude` (the
+    cells of largest total expression)."""
+    if sampling == "random":
+        return sample_cells(cells, size, seed)
+    if size > cells.shape[0]:
+        raise ValueError(f"asked for {size} cells but only {cells.shape[0]} control cells are available")
+    by_total = torch.argsort(cells.sum(dim=1).cpu(), descending=True)
+    if sampling == "top_magnitude":
+        return cells[by_total[:size].to(cells.device)]
+    if sampling != "stratified":
+        raise ValueError(f"sampling must be one of {', '.join(CELL_SAMPLINGS)}, not {sampling!r}")
+    generator = torch.Generator().manual_seed(seed)
+    picks = [b[torch.randint(len(b), (1,), generator=generator)] for b in torch.tensor_split(by_total, size)]
+    return cells[torch.cat(picks).to(cells.device)]
+
+
 @torch.no_grad()
 def output_shifts(module: torch.nn.Module, onehots: torch.Tensor, control_index: int,
                   cell_set: torch.Tensor, chunk_size: int = 64, orderings: torch.Tensor | None = None) -> np.ndarray:

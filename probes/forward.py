@@ -50,7 +50,12 @@ def forward_sets(module: torch.nn.Module, cells: torch.Tensor, pert_repr: torch.
         cells = cells.expand(pert_repr.shape[0], *cells.shape)
     if pert_repr.dim() == 2:
         pert_repr = pert_repr[:, None, :]
-    cell_repr = module.basal_encoder(cells)
+    return decode(module, module.basal_encoder(cells), pert_repr)
+
+
+def decode(module: torch.nn.Module, cell_repr: torch.Tensor, pert_repr: torch.Tensor) -> torch.Tensor:
+    """Everything after the basal encoder: cell_repr [B, S, H] plus pert_repr [B, 1 or S, H] -> [B, S, G].
+    Probes that differentiate with respect to pert_repr start here, so the encoder runs once."""
     hidden = backbone(module, cell_repr + pert_repr)
     out = module.project_out(hidden + cell_repr) if module.predict_residual else module.project_out(hidden)
     return _final_activation(module, out)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -22,6 +22,7 @@ def render_html(document: dict[str, Any]) -> str:
     env.filters["num"] = number
     env.filters["short"] = lambda text, n=19: (text or "")[:n]
     env.globals["histogram_svg"] = histogram_svg
+    env.globals["scatter_svg"] = scatter_svg
     page = env.get_template("verdict.html.j2")
     # embedded as JSON for the filter script: escape '<' so data can never close the <script> tag
     data = json.dumps([_row(c) for c in document["cases"]]).replace("<", "\\u003c")
@@ -54,6 +55,28 @@ def histogram_svg(hist: dict | None, width: int = 160, height: int = 36) -> Mark
            f'<g fill="#9aa5b1">{bars}</g><line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height}" '
            f'stroke="#c62828" stroke-width="2"/></svg>')
     return Markup(svg)  # noqa: S704 - built from numbers only
+
+
+def scatter_svg(points: dict | None, width: int = 160, height: int = 120) -> Markup:
+    """A small scatter plot (e.g. pairwise ΔY vs Jacobian cosine, or KD scores on two axes);
+    highlighted points (a pathway's KDs) in red, drawn last."""
+    if not points or not points.get("x"):
+        return Markup("")
+    xs, ys = points["x"], points["y"]
+    flags = points.get("highlight") or [False] * len(xs)
+    x_low, x_span = min(xs), (max(xs) - min(xs)) or 1.0
+    y_low, y_span = min(ys), (max(ys) - min(ys)) or 1.0
+
+    def dot(x: float, y: float, colour: str) -> str:
+        cx, cy = 4 + (x - x_low) / x_span * (width - 8), height - 4 - (y - y_low) / y_span * (height - 8)
+        return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="1.6" fill="{colour}"/>'
+
+    order = sorted(range(len(xs)), key=lambda i: bool(flags[i]))
+    dots = "".join(dot(float(xs[i]), float(ys[i]), "#c62828" if flags[i] else "#7b8794") for i in order)
+    label = escape(f"{points.get('x_label', 'x')} (across) vs {points.get('y_label', 'y')} (up)")
+    return Markup(f'<svg class="scatter" width="{width}" height="{height}" role="img" aria-label="{label}">'  # noqa: S704
+                  f'<title>{label}</title><rect width="{width}" height="{height}" fill="none" stroke="#e4e7eb"/>'
+                  f'{dots}</svg>')
 
 
 def _row(case: dict[str, Any]) -> dict[str, Any]:

@@ -18,9 +18,9 @@ def _cases(registry):
 
 
 def _truth_for(case) -> str:
-    table = TRUTH["expected"][case.spec.id]
-    model = "-vs-".join(case.models)
-    return table[model][case.axes["pathway"]]
+    """pass, fail, inconclusive, or either (the demo cannot settle this case; see its README)."""
+    entry = TRUTH["expected"][case.spec.id]["-vs-".join(case.models)]
+    return entry if isinstance(entry, str) else entry[case.axes["pathway"]]
 
 
 def test_every_planted_data_hypothesis_has_a_ground_truth(demo_registry):
@@ -55,7 +55,7 @@ def test_verdicts_equal_the_ground_truth(hypothesis, demo_registry, demo_run):
     mismatches = []
     for case in cases:
         result = evaluate(case, demo_run)
-        if result.verdict != _truth_for(case):
+        if _truth_for(case) != "either" and result.verdict != _truth_for(case):
             truth = _truth_for(case)
             mismatches.append(f"{case.case_id}: suite says {result.verdict} ({result.reason}), truth {truth}")
     assert not mismatches, "\n".join(mismatches)

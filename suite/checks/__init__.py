@@ -31,9 +31,10 @@ class Check:
 
 
 def _registry() -> dict[str, Check]:
-    from . import jacobian, knockout, model_audit, pert_embedding, representation
+    from . import jacobian, knockout, model_audit, pert_embedding, representation, routing
 
-    families = (pert_embedding.CHECKS, representation.CHECKS, jacobian.CHECKS, knockout.CHECKS, model_audit.CHECKS)
+    families = (pert_embedding.CHECKS, representation.CHECKS, jacobian.CHECKS, knockout.CHECKS, routing.CHECKS,
+                model_audit.CHECKS)
     return {check.name: check for family in families for check in family}
 
 

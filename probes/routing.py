@@ -1,0 +1,152 @@
+"""Routing: how the predicted output depends on the perturbation representation (Option 5, NB05–NB10).
+
+J_k = d mean_c Y_c / d pert_repr, evaluated at KD k's own pert_repr: [G, H] per KD. pert_repr is
+added to every cell, so one forward-mode tangent on it moves all cells at once; the basal encoder
+does not see it and runs once per cell ordering. Tangents over the H directions are vmapped in
+chunks (`direction_chunk`), KDs are batched `kd_chunk` at a time, and rows are written into a
+caller's array (a disk memmap at released shapes: 1,035 x 2000 x 328 floats is 2.7 GB).
+
+Everything downstream works from the KD x KD Gram of flattened Jacobians, computed in blocks
+(`streaming_gram`). Released models' Jacobians share one dominant component (pairwise cosine
+0.9998+ on a random-weight model), so similarities are taken after removing the across-KD mean
+(`centered_cosine`), and the SVD axes are those of the centred stack.
+
+Two models' pert_repr spaces are learned separately, so their H axes are not the same axes:
+cross-model comparisons use the one-hot Jacobian dY/d onehot = J_k · d pert_repr/d onehot
+(NB08), whose axes (output genes x KD vocabulary) two models share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import jacfwd, jvp, vmap
+
+from .forward import decode
+from .jacobian import eager_attention
+
+Progress = Callable[[int, int], None]
+
+
+@torch.no_grad()
+def pert_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs: torch.Tensor, orderings: torch.Tensor,
+                   out: np.ndarray | None = None, kd_chunk: int = 1, direction_chunk: int | None = 64,
+                   progress: Progress | None = None) -> np.ndarray:
+    """[K, G, H] Jacobians of the cell-averaged prediction with respect to each KD's pert_repr,
+    averaged over `orderings` [N, S] of the cell set; written into `out` when given."""
+    n_kds, hidden = pert_reprs.shape
+    result = out if out is not None else np.zeros((n_kds, cells.shape[1], hidden), dtype=np.float32)
+    directions = torch.eye(hidden, device=cells.device, dtype=cells.dtype)
+    cell_reprs = [module.basal_encoder(cells[order.to(cells.device)])[None] for order in orderings]
+    with eager_attention(module, cells, pert_reprs[0]):
+        for start in range(0, n_kds, kd_chunk):
+            block = pert_reprs[start:start + kd_chunk]
+            total = sum(_block_jacobian(module, cell_repr, block, directions, direction_chunk)
+                        for cell_repr in cell_reprs)
+            result[start:start + len(block)] = (total / len(cell_reprs)).cpu().numpy()
+            if progress:
+                progress(start + len(block), n_kds)
+    return result
+
+
+def _block_jacobian(module: torch.nn.Module, cell_repr: torch.Tensor, block: torch.Tensor, directions: torch.Tensor,
+                    chunk: int | None) -> torch.Tensor:
+    """[B, G, H] for a block of KDs: one forward-mode pass per pert_repr direction, vmapped."""
+    def mean_output(pert_repr: torch.Tensor) -> torch.Tensor:
+        return decode(module, cell_repr.expand(len(pert_repr), -1, -1), pert_repr[:, None, :]).mean(dim=1)
+
+    def column(direction: torch.Tensor) -> torch.Tensor:
+        return jvp(mean_output, (block,), (direction.expand_as(block),))[1]
+
+    return vmap(column, chunk_size=chunk)(directions).permute(1, 2, 0).double()
+
+
+@torch.no_grad()
+def encoder_jacobians(module: torch.nn.Module, onehots: torch.Tensor) -> torch.Tensor:
+    """[K, H, P]: d pert_repr / d onehot at each KD's one-hot input."""
+    return vmap(jacfwd(module.pert_encoder))(onehots)
+
+
+def streaming_gram(rows: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """[K, K] float64 Gram of the flattened rows, read `chunk` rows at a time (rows may be a memmap)."""
+    flat = rows.reshape(len(rows), -1)
+    gram = np.zeros((len(rows), len(rows)))
+    for i in range(0, len(rows), chunk):
+        a = np.asarray(flat[i:i + chunk], dtype=np.float64)
+        for j in range(i, len(rows), chunk):
+            b = a if j == i else np.asarray(flat[j:j + chunk], dtype=np.float64)
+            gram[i:i + chunk, j:j + chunk] = a @ b.T
+            gram[j:j + chunk, i:i + chunk] = gram[i:i + chunk, j:j + chunk].T
+    return gram
+
+
+def centered_gram(gram: np.ndarray) -> np.ndarray:
+    """The Gram of the rows after subtracting their mean row, from the raw Gram alone."""
+    return gram - gram.mean(axis=0, keepdims=True) - gram.mean(axis=1, keepdims=True) + gram.mean()
+
+
+def gram_cosine(gram: np.ndarray) -> np.ndarray:
+    norms = np.sqrt(np.clip(np.diag(gram), np.finfo(float).tiny, None))
+    return gram / np.outer(norms, norms)
+
+
+def centered_cosine(gram: np.ndarray) -> np.ndarray:
+    """Pairwise cosine of the rows after removing the across-row mean."""
+    return gram_cosine(centered_gram(gram))
+
+
+@dataclass(frozen=True)
+class Axes:
+    """The top singular directions of the centred Jacobian stack."""
+
+    scores: np.ndarray          # [K, n]: each KD's coordinate on each axis
+    gene_loadings: np.ndarray   # [n, G]: share of each axis's squared loading on each output gene (rows sum to 1)
+    variance_share: np.ndarray  # [n]: share of the stack's centred variance on each axis
+
+
+def svd_axes(gram: np.ndarray, rows: np.ndarray, n_axes: int, chunk: int = 64) -> Axes:
+    """SVD of the centred [K, G*H] stack through its Gram: U and S from the eigenvectors, and each
+    right singular vector V_a = sum_k rows[k] U[k, a] / s_a in one streaming pass (the eigenvectors
+    are orthogonal to the mean, so the mean row cancels)."""
+    values, vectors = np.linalg.eigh(centered_gram(gram))
+    order = np.argsort(values)[::-1][:n_axes]
+    values, vectors = np.clip(values[order], 0, None), vectors[:, order]
+    singular = np.sqrt(values)
+    right = np.zeros((n_axes, *rows.shape[1:]))
+    for start in range(0, len(rows), chunk):
+        block = np.asarray(rows[start:start + chunk], dtype=np.float64)
+        right += np.einsum("ka,k...->a...", vectors[start:start + chunk], block)
+    right /= np.where(singular > 0, singular, 1.0).reshape(-1, *([1] * (rows.ndim - 1)))
+    loadings = (right ** 2).reshape(n_axes, rows.shape[1], -1).sum(axis=2)
+    loadings /= np.where(loadings.sum(axis=1, keepdims=True) > 0, loadings.sum(axis=1, keepdims=True), 1.0)
+    total = max(float(np.trace(centered_gram(gram))), np.finfo(float).tiny)
+    return Axes(scores=vectors * singular, gene_loadings=loadings, variance_share=values / total)
+
+
+@dataclass(frozen=True)
+class RoutingComparison:
+    """Per-KD agreement of two models' one-hot Jacobians on their shared genes and KD vocabulary."""
+
+    correlation: np.ndarray     # [K] Pearson r of the flattened one-hot Jacobians
+    divergence: np.ndarray      # [K] ||A - B|| / mean(||A||, ||B||)
+
+
+def compare_onehot_routing(jac_a: np.ndarray, enc_a: torch.Tensor, jac_b: np.ndarray, enc_b: torch.Tensor,
+                           genes_a: list[int], genes_b: list[int], vocab_a: list[int], vocab_b: list[int]
+                           ) -> RoutingComparison:
+    """Compare, KD by KD, dY/d onehot = J_k · E_k of two models, restricted to the shared output
+    genes (`genes_*` index J's rows) and shared KD vocabulary (`vocab_*` index E's columns)."""
+    correlation, divergence = np.zeros(len(jac_a)), np.zeros(len(jac_a))
+    for k in range(len(jac_a)):
+        a = _onehot_jacobian(jac_a[k], enc_a[k], genes_a, vocab_a)
+        b = _onehot_jacobian(jac_b[k], enc_b[k], genes_b, vocab_b)
+        correlation[k] = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+        divergence[k] = np.linalg.norm(a - b) / max((np.linalg.norm(a) + np.linalg.norm(b)) / 2, 1e-300)
+    return RoutingComparison(correlation, divergence)
+
+
+def _onehot_jacobian(jac: np.ndarray, enc: torch.Tensor, genes: list[int], vocab: list[int]) -> np.ndarray:
+    return np.asarray(jac, dtype=np.float64)[genes] @ enc[:, vocab].double().cpu().numpy()

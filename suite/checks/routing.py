@@ -1,0 +1,387 @@
+"""Routing checks (Option 5, NB05–NB10): do KDs route through dY/d(pert_repr) the way their outputs
+and their pathways say they should?
+
+routing_output_correlation  Mantel: pairwise ΔY cosine vs pairwise Jacobian cosine (across-KD mean
+                            removed) over all KD pairs; the seeds' rule r > 0.3, and p < 0.05
+routing_cluster_sharing     KDs in one ΔY cluster (average linkage) have more similar Jacobians than
+                            KDs in different clusters; cluster labels permuted
+routing_axes                top SVD axes of the centred Jacobian stack: do the pathway's KDs separate
+                            by their scores (`by: kd_scores`, AUROC), or do its genes carry an axis's
+                            loading (`by: gene_loadings`, fold enrichment)? Best of `n_axes`, in the null too
+routing_divergence          NB05: one-hot Jacobians of a KD in two models differ more for the pathway's
+                            KDs than for KDs of similar effect magnitude ("divergence is pathway-specific")
+routing_consistency         NB08: per-KD correlation of one-hot Jacobians between two models is higher for
+                            the pathway's KDs than for KDs of similar effect magnitude
+routing_stability           NB09/NB10: a whole-model statistic re-run under other cell samplings and
+                            cell-set sizes; passes when every setting reaches the default setting's verdict
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from probes.embeddings import CELL_SAMPLINGS
+from probes.routing import centered_cosine, compare_onehot_routing, gram_cosine, svd_axes
+
+from .. import matrix_tests, stats
+from ..errors import Inconclusive
+from ..verdicts import Evidence, PassRule, decide
+from . import Check, common
+from .common import NullParams
+from .members import resolve_members
+
+if TYPE_CHECKING:
+    from fixtures.arc_state import LoadedModel
+
+    from ..cases import Case
+    from ..session import Routing, RunContext
+
+
+@dataclass(frozen=True)
+class RoutingParams(NullParams):
+    n_permutations: int = 999
+    cell_set_size: int | None = None            # default: the model's cell_set_len
+    cell_sampling: Literal["random", "stratified", "top_magnitude"] = "random"
+    n_clusters: int = 8                         # routing_cluster_sharing: ΔY clusters
+    n_axes: int = 5                             # routing_axes: top SVD axes searched
+    by: Literal["kd_scores", "gene_loadings"] = "kd_scores"
+    statistic: Literal["routing_output_correlation", "routing_cluster_sharing"] = "routing_output_correlation"
+    cell_samplings: tuple[str, ...] = CELL_SAMPLINGS     # routing_stability: NB09
+    cell_set_sizes: tuple[int, ...] = (32, 64, 128, 256)  # routing_stability: NB10
+
+    LIMITS = {**NullParams.LIMITS, "n_axes": (1, 100)}
+
+
+def validate(p: RoutingParams) -> str | None:
+    unknown = [s for s in p.cell_samplings if s not in CELL_SAMPLINGS]
+    if unknown:
+        return f"cell_samplings: unknown {', '.join(unknown)}; use {', '.join(CELL_SAMPLINGS)}"
+    return None
+
+
+# ---- whole-model routing ------------------------------------------------------------------------
+
+def output_correlation(case: Case, ctx: RunContext) -> Evidence:
+    p: RoutingParams = case.spec.params
+    return _output_correlation(ctx, case.axes["model"], p, _setting(ctx, case.axes["model"], p))
+
+
+def _output_correlation(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]) -> Evidence:
+    routing, dy = _routing_and_shifts(ctx, name, p, setting)
+    output_sim, routing_sim = stats.cosine_similarity_matrix(dy), centered_cosine(routing.gram)
+    result = matrix_tests.mantel(output_sim, routing_sim, p.n_permutations, np.random.default_rng(p.seed))
+    ci = matrix_tests.pair_bootstrap_ci(lambda i, j: float(np.corrcoef(output_sim[i, j], routing_sim[i, j])[0, 1]),
+                                        len(dy), np.random.default_rng(p.seed), p.n_bootstrap)
+    return Evidence(
+        statistic="Pearson r between pairwise ΔY cosine and pairwise Jacobian cosine (across-KD mean removed)",
+        value=result.observed, effect=result.observed, ci=ci, p=result.p, seed=p.seed,
+        n={"kds": len(dy), "pairs": result.n_pairs, "permutations": p.n_permutations, "bootstrap": p.n_bootstrap},
+        null=f"Mantel: {p.n_permutations} permutations of the KD labels of one matrix",
+        details={"cells": routing.cells, "raw_jacobian_cosine": _off_diagonal_range(gram_cosine(routing.gram)),
+                 "scatter": _scatter(output_sim, routing_sim, "ΔY cosine", "Jacobian cosine (centred)", p.seed),
+                 "null_histogram": common.histogram(result.null, result.observed)})
+
+
+def cluster_sharing(case: Case, ctx: RunContext) -> Evidence:
+    p: RoutingParams = case.spec.params
+    return _cluster_sharing(ctx, case.axes["model"], p, _setting(ctx, case.axes["model"], p))
+
+
+def _cluster_sharing(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]) -> Evidence:
+    routing, dy = _routing_and_shifts(ctx, name, p, setting)
+    labels = stats.average_linkage_clusters(dy, p.n_clusters)
+    routing_sim = centered_cosine(routing.gram)
+    result = matrix_tests.group_contrast(routing_sim, labels, p.n_permutations, np.random.default_rng(p.seed))
+    ci = matrix_tests.pair_bootstrap_ci(lambda i, j: _contrast(routing_sim, labels, i, j), len(dy),
+                                        np.random.default_rng(p.seed), p.n_bootstrap)
+    return Evidence(
+        statistic="mean Jacobian cosine of same-cluster KD pairs - of different-cluster pairs (clusters from ΔY)",
+        value=result.observed, effect=result.observed, ci=ci, p=result.p, seed=p.seed,
+        n={"kds": len(dy), "clusters": len(set(labels.tolist())), "permutations": p.n_permutations},
+        null=f"{p.n_permutations} permutations of the ΔY cluster labels (cluster sizes kept)",
+        details={"cells": routing.cells, "cluster_sizes": np.bincount(labels).tolist(),
+                 "null_histogram": common.histogram(result.null, result.observed)})
+
+
+def _contrast(sim: np.ndarray, labels: np.ndarray, i: np.ndarray, j: np.ndarray) -> float:
+    same = labels[i] == labels[j]
+    return float(sim[i, j][same].mean() - sim[i, j][~same].mean()) if same.any() and (~same).any() else np.nan
+
+
+# ---- SVD axes -----------------------------------------------------------------------------------
+
+def axes(case: Case, ctx: RunContext) -> Evidence:
+    p: RoutingParams = case.spec.params
+    model = ctx.model(case.axes["model"])
+    routing, dy = _routing_and_shifts(ctx, model.name, p, _setting(ctx, model.name, p))
+    found = ctx.memo(("routing_axes", model.name, _setting(ctx, model.name, p), p.seed, p.n_axes),
+                     lambda: svd_axes(routing.gram, routing.jacobians, min(p.n_axes, len(routing.kds) - 1)))
+    table = _axes_table(found, routing.kds, model.gene_names)
+    if p.by == "kd_scores":
+        return _kd_separation(case, model, routing, dy, found, table, p)
+    return _gene_enrichment(case, model, found, table, p)
+
+
+def _kd_separation(case: Case, model: LoadedModel, routing: Routing, dy: np.ndarray, found, table, p) -> Evidence:
+    members = _kd_members(case, routing.kds, model, p)
+    best = lambda s: max(_two_sided_auroc(found.scores[:, a], s) for a in range(found.scores.shape[1]))  # noqa: E731
+    observed = best(members)
+    null = np.array([best(s) for s in common.null_sets(p, members, len(routing.kds),
+                                                       lambda: np.linalg.norm(dy, axis=1))])
+    axis = int(np.argmax([_two_sided_auroc(found.scores[:, a], members) for a in range(found.scores.shape[1])]))
+    for row in table:
+        row["auroc"] = round(_two_sided_auroc(found.scores[:, row["axis"] - 1], members), 4)
+    boot = _auroc_bootstrap(found.scores[:, axis], members, np.random.default_rng(p.seed), p.n_bootstrap)
+    return Evidence(
+        statistic=f"best AUROC of the pathway's KDs' scores over the top {found.scores.shape[1]} SVD axes "
+                  "(either direction)", value=observed, effect=observed - 0.5, ci=boot, p=stats.exact_p(null, observed),
+        seed=p.seed, n={"members": len(members), "kds": len(routing.kds), "axes": found.scores.shape[1],
+                        "permutations": p.n_permutations},
+        null=common.set_null_text(p, len(members), len(routing.kds), "ΔY norm") + "; the best axis re-chosen each time",
+        details={"best_axis": axis + 1, "table": table, "scatter": _score_scatter(found.scores, members, routing.kds),
+                 "null_histogram": common.histogram(null, observed)})
+
+
+def _gene_enrichment(case: Case, model: LoadedModel, found, table, p: RoutingParams) -> Evidence:
+    panel = case.spec.panels[case.axes["pathway"]]
+    present, _ = resolve_members(panel.genes, model.gene_names, model.gene_universe, panel=panel, model=model.name,
+                                 what="output genes", on_unknown=p.on_unknown, min_members=p.min_members)
+    members = np.array([model.gene_names.index(g) for g in present])
+    genes = len(model.gene_names)
+    best = lambda s: float((found.gene_loadings[:, s].sum(axis=1) * genes / len(s)).max())  # noqa: E731
+    observed = best(members)
+    expression = model.cells.mean(dim=0).double().cpu().numpy()
+    null = np.array([best(s) for s in common.null_sets(p, members, genes, lambda: expression)])
+    for row in table:
+        row["fold"] = round(float(found.gene_loadings[row["axis"] - 1, members].sum() * genes / len(members)), 3)
+    return Evidence(
+        statistic=f"best fold enrichment of the pathway's genes in an axis's loading (top {len(table)} SVD axes)",
+        value=observed, effect=observed - 1.0, ci=None, p=stats.exact_p(null, observed), seed=p.seed,
+        n={"members": len(members), "output_genes": genes, "axes": len(table), "permutations": p.n_permutations},
+        null=common.set_null_text(p, len(members), genes, "mean control expression").replace("KDs", "genes")
+        + "; the best axis re-chosen each time",
+        details={"table": table, "null_histogram": common.histogram(null, observed)})
+
+
+def _axes_table(found, kds: tuple[str, ...], genes: tuple[str, ...]) -> list[dict]:
+    return [{"axis": a + 1, "variance_share": round(float(found.variance_share[a]), 4),
+             "top_kds": ", ".join(kds[i] for i in np.argsort(-np.abs(found.scores[:, a]))[:5]),
+             "top_genes": ", ".join(genes[i] for i in np.argsort(-found.gene_loadings[a])[:5])}
+            for a in range(found.scores.shape[1])]
+
+
+def _two_sided_auroc(scores: np.ndarray, members: np.ndarray) -> float:
+    mask = np.zeros(len(scores), dtype=bool)
+    mask[members] = True
+    value = matrix_tests.auroc(scores, mask)
+    return max(value, 1.0 - value)
+
+
+def _auroc_bootstrap(scores, members, rng, n_boot) -> tuple[float, float] | None:
+    others = np.setdiff1d(np.arange(len(scores)), members)
+    values = []
+    for _ in range(n_boot):
+        picked_in, picked_out = rng.choice(members, len(members)), rng.choice(others, len(others))
+        values.append(_two_sided_auroc(np.concatenate([scores[picked_in], scores[picked_out]]),
+                                       np.arange(len(members))) - 0.5)
+    return common.percentile_ci(values)
+
+
+# ---- two models: one-hot Jacobians (NB05, NB08) -----------------------------------------------
+
+def divergence(case: Case, ctx: RunContext) -> Evidence:
+    p: RoutingParams = case.spec.params
+    kds, cmp, magnitude, names = _comparison(case, ctx, p)
+    members = _pair_members(case, kds, ctx, p)
+    neutral = _neutral(case, kds, members)
+    observed = float(cmp.divergence[members].mean())
+    null = np.array([cmp.divergence[s].mean() for s in common.null_sets(p, members, len(kds), lambda: magnitude)])
+    ratio = observed / float(cmp.divergence[neutral].mean()) if len(neutral) else float("nan")
+    ci = stats.bootstrap_ci(lambda s: float(cmp.divergence[s].mean()), members, np.random.default_rng(p.seed),
+                            p.n_bootstrap)
+    return Evidence(
+        statistic=f"mean normalised divergence ||A - B|| / mean(||A||, ||B||) of the pathway KDs' one-hot Jacobians "
+                  f"({names})", value=observed, effect=observed - float(cmp.divergence.mean()),
+        ci=None if ci is None else (ci[0] - float(cmp.divergence.mean()), ci[1] - float(cmp.divergence.mean())),
+        p=stats.exact_p(null, observed), seed=p.seed,
+        n={"members": len(members), "kds": len(kds), "neutral_kds": len(neutral), "permutations": p.n_permutations},
+        null=common.set_null_text(p, len(members), len(kds), "ΔY norm in the two models"),
+        details={"ratio_to_neutral": ratio, "mean_all_kds": float(cmp.divergence.mean()),
+                 "table": _per_kd(kds, members, cmp.divergence, "divergence"),
+                 "null_histogram": common.histogram(null, observed)})
+
+
+def consistency(case: Case, ctx: RunContext) -> Evidence:
+    p: RoutingParams = case.spec.params
+    kds, cmp, magnitude, names = _comparison(case, ctx, p)
+    members = _pair_members(case, kds, ctx, p)
+    observed = float(cmp.correlation[members].mean())
+    null = np.array([cmp.correlation[s].mean() for s in common.null_sets(p, members, len(kds), lambda: magnitude)])
+    ci = stats.bootstrap_ci(lambda s: float(cmp.correlation[s].mean()), members, np.random.default_rng(p.seed),
+                            p.n_bootstrap)
+    overall = float(cmp.correlation.mean())
+    return Evidence(
+        statistic=f"mean per-KD Pearson r of the pathway KDs' one-hot Jacobians ({names})", value=observed,
+        effect=observed - overall, ci=None if ci is None else (ci[0] - overall, ci[1] - overall),
+        p=stats.exact_p(null, observed), seed=p.seed,
+        n={"members": len(members), "kds": len(kds), "permutations": p.n_permutations},
+        null=common.set_null_text(p, len(members), len(kds), "ΔY norm in the two models"),
+        details={"mean_r_all_kds": overall, "table": _per_kd(kds, members, cmp.correlation, "r"),
+                 "null_histogram": common.histogram(null, observed)})
+
+
+def _comparison(case: Case, ctx: RunContext, p: RoutingParams):
+    """(shared KDs, per-KD comparison, KD magnitude in both models, 'a vs b')."""
+    a, b = (ctx.model(n) for n in case.axes["model_pair"])
+    settings = (_setting(ctx, a.name, p), _setting(ctx, b.name, p))
+
+    def compute():
+        (ra, dya), (rb, dyb) = (_routing_and_shifts(ctx, m.name, p, s) for m, s in zip((a, b), settings, strict=True))
+        kds = [k for k in ra.kds if k in set(rb.kds)]
+        ia, ib = [ra.kds.index(k) for k in kds], [rb.kds.index(k) for k in kds]
+        genes = [g for g in a.gene_names if g in set(b.gene_names)]
+        vocab = [k for k in a.pert_names if k in set(b.pert_names)]
+        cmp = compare_onehot_routing(
+            ra.jacobians[ia], ctx.encoder_jacobians(a.name)[ia], rb.jacobians[ib], ctx.encoder_jacobians(b.name)[ib],
+            [a.gene_names.index(g) for g in genes], [b.gene_names.index(g) for g in genes],
+            [a.pert_index(k) for k in vocab], [b.pert_index(k) for k in vocab])
+        magnitude = sum(np.linalg.norm(d, axis=1) / np.linalg.norm(d, axis=1).mean() for d in (dya[ia], dyb[ib]))
+        return tuple(kds), cmp, magnitude
+
+    kds, cmp, magnitude = ctx.memo(("routing_comparison", a.name, b.name, settings, p.seed), compute)
+    return kds, cmp, magnitude, f"{a.name} vs {b.name}"
+
+
+def _pair_members(case: Case, kds: tuple[str, ...], ctx: RunContext, p: RoutingParams) -> np.ndarray:
+    a, b = (ctx.model(n) for n in case.axes["model_pair"])
+    panel = case.spec.panels[case.axes["pathway"]]
+    present, _ = resolve_members(panel.genes, kds, a.gene_universe | b.gene_universe, panel=panel,
+                                 model=f"{a.name} and {b.name}", what="KDs", on_unknown=p.on_unknown,
+                                 min_members=p.min_members)
+    return np.array([kds.index(k) for k in present])
+
+
+def _neutral(case: Case, kds: tuple[str, ...], members: np.ndarray) -> np.ndarray:
+    """KDs in no panel of the hypothesis file: NB05's 'neutral' comparison group."""
+    in_panels = {g for panel in case.spec.panels.values() for g in panel.genes}
+    return np.array([i for i, k in enumerate(kds) if k not in in_panels and i not in set(members.tolist())], dtype=int)
+
+
+def _per_kd(kds, members, values, column) -> list[dict]:
+    return sorted(({"kd": kds[i], column: round(float(values[i]), 4)} for i in members), key=lambda r: -r[column])
+
+
+# ---- NB09/NB10 robustness ---------------------------------------------------------------------
+
+def stability(case: Case, ctx: RunContext) -> Evidence:
+    p: RoutingParams = case.spec.params
+    model = ctx.model(case.axes["model"])
+    run = _output_correlation if p.statistic == "routing_output_correlation" else _cluster_sharing
+    rule = CHECKS_BY_NAME[p.statistic].default_rule(p)
+    default = _setting(ctx, model.name, p)
+    settings, dropped = _stability_settings(model, p, default)
+    if len(settings) < 2:
+        raise Inconclusive(f"fewer than two cell settings fit model '{model.name}' ({'; '.join(dropped)})")
+    rows = []
+    for size, sampling in settings:
+        evidence = run(ctx, model.name, p, (size, sampling))
+        rows.append({"cells": size, "sampling": sampling, "statistic": round(evidence.value, 4),
+                     "p": evidence.p, "verdict": decide(evidence, rule)[0]})
+    reference = next(r["verdict"] for r in rows if (r["cells"], r["sampling"]) == default)
+    agree = float(np.mean([r["verdict"] == reference for r in rows]))
+    values = [r["statistic"] for r in rows]
+    return Evidence(
+        statistic=f"share of cell settings whose {p.statistic} verdict equals the default setting's ({reference})",
+        value=agree, effect=agree, ci=None, p=None, seed=p.seed,
+        n={"settings": len(rows)}, null="none: a robustness measurement",
+        details={"spread": round(max(values) - min(values), 4), "default_verdict": reference, "table": rows,
+                 "dropped": dropped})
+
+
+def _stability_settings(model: LoadedModel, p: RoutingParams, default: tuple[int, str]):
+    wanted = [(default[0], s) for s in p.cell_samplings] + [(n, default[1]) for n in p.cell_set_sizes]
+    wanted = list(dict.fromkeys([default, *wanted]))
+    limit = min(model.cell_set_len, model.cells.shape[0])
+    kept = [s for s in wanted if s[0] <= limit]
+    dropped = [f"{n} cells: more than the model's cell_set_len ({model.cell_set_len}) or its control cells"
+               for n, _ in wanted if n > limit]
+    return kept, dropped
+
+
+# ---- shared -----------------------------------------------------------------------------------
+
+def _setting(ctx: RunContext, name: str, p: RoutingParams) -> tuple[int, str]:
+    return (p.cell_set_size or ctx.model(name).cell_set_len, p.cell_sampling)
+
+
+def _routing_and_shifts(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]
+                        ) -> tuple[Routing, np.ndarray]:
+    """The model's Jacobians and its KDs' ΔY (rows aligned) on the same cells."""
+    model = ctx.model(name)
+    size, sampling = setting
+    orderings = ctx.n_orderings(name, p.cell_orderings)
+    routing = ctx.routing(name, size, p.seed, sampling, orderings)
+    shifts = ctx.output_shifts(name, size, p.seed, orderings, sampling)
+    return routing, shifts[[model.pert_index(k) for k in routing.kds]]
+
+
+def _kd_members(case: Case, kds: tuple[str, ...], model: LoadedModel, p: RoutingParams) -> np.ndarray:
+    panel = case.spec.panels[case.axes["pathway"]]
+    present, _ = resolve_members(panel.genes, kds, model.gene_universe, panel=panel, model=model.name, what="KDs",
+                                 on_unknown=p.on_unknown, min_members=p.min_members)
+    return np.array([kds.index(k) for k in present])
+
+
+def _off_diagonal_range(sim: np.ndarray) -> list[float]:
+    values = sim[~np.eye(len(sim), dtype=bool)]
+    return [round(float(values.min()), 6), round(float(values.max()), 6)]
+
+
+def _scatter(x: np.ndarray, y: np.ndarray, x_label: str, y_label: str, seed: int, n_points: int = 1500) -> dict:
+    upper = np.triu_indices(len(x), 1)
+    pick = np.random.default_rng(seed).permutation(len(upper[0]))[:n_points]
+    return {"x": x[upper][pick].round(4).tolist(), "y": y[upper][pick].round(4).tolist(), "x_label": x_label,
+            "y_label": y_label}
+
+
+def _score_scatter(scores: np.ndarray, members: np.ndarray, kds: tuple[str, ...]) -> dict:
+    flag = np.zeros(len(kds), dtype=bool)
+    flag[members] = True
+    second = scores[:, 1] if scores.shape[1] > 1 else np.zeros(len(kds))
+    return {"x": scores[:, 0].round(5).tolist(), "y": second.round(5).tolist(), "highlight": flag.tolist(),
+            "labels": list(kds), "x_label": "axis 1 score", "y_label": "axis 2 score"}
+
+
+def _seeds_rule(_p: RoutingParams) -> PassRule:
+    return PassRule(p_below=0.05, effect_above=None, statistic_above=0.3)
+
+
+def _p_rule(_p: RoutingParams) -> PassRule:
+    return PassRule(p_below=0.05, effect_above=0.0)
+
+
+def _stability_rule(_p: RoutingParams) -> PassRule:
+    return PassRule(p_below=None, effect_above=None, statistic_above=0.999)
+
+
+CHECKS = (
+    Check("routing_output_correlation", ("model",), RoutingParams, output_correlation,
+          "KDs with similar ΔY have similar dY/d(pert_repr) Jacobians (Mantel r > 0.3)", _seeds_rule, validate),
+    Check("routing_cluster_sharing", ("model",), RoutingParams, cluster_sharing,
+          "KDs in one ΔY cluster share routing more than KDs in different clusters", _p_rule, validate),
+    Check("routing_axes", ("model", "pathway"), RoutingParams, axes,
+          "a top SVD axis of the Jacobians separates the pathway's KDs or loads on its genes", _p_rule, validate),
+    Check("routing_divergence", ("model_pair", "pathway"), RoutingParams, divergence,
+          "the pathway's KDs' routing differs between two models more than KDs of similar magnitude (NB05)",
+          _p_rule, validate),
+    Check("routing_consistency", ("model_pair", "pathway"), RoutingParams, consistency,
+          "the pathway's KDs' routing agrees between two models more than KDs of similar magnitude (NB08)",
+          _p_rule, validate),
+    Check("routing_stability", ("model",), RoutingParams, stability,
+          "a routing verdict holds under other cell samplings and cell-set sizes (NB09/NB10)", _stability_rule,
+          validate),
+)
+CHECKS_BY_NAME = {c.name: c for c in CHECKS}

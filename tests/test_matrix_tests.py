@@ -1,0 +1,79 @@
+"""Mantel and group-contrast tests: agreement with scikit-bio, false-positive rate at alpha, power."""
+
+import numpy as np
+import pytest
+
+from suite.matrix_tests import auroc, group_contrast, mantel
+from suite.stats import binomial_interval
+
+ALPHA = 0.05
+N_PERM = 199
+# An exact permutation p = (1 + #null >= observed) / (1 + n) is below alpha for at most
+# ceil(alpha (n + 1)) - 1 of the n + 1 equally likely ranks: 9 / 200 = 0.045 here. The rate over
+# 1000 null draws must fall in the central 99% binomial interval (a fixed seed; a 95% band fails one seed in 20).
+SIZE = (np.ceil(ALPHA * (N_PERM + 1)) - 1) / (N_PERM + 1)
+
+
+def _cosine(x):
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = unit @ unit.T
+    np.fill_diagonal(sim, 1.0)        # exactly, so 1 - sim is a hollow distance matrix
+    return sim
+
+
+def _clustered(rng, n, n_groups, strength):
+    labels = np.arange(n) % n_groups
+    centres = rng.normal(size=(n_groups, 20))
+    return _cosine(rng.normal(size=(n, 20)) + strength * centres[labels]), labels
+
+
+def test_mantel_agrees_with_scikit_bio():
+    from skbio.stats.distance import mantel as skbio_mantel
+
+    rng = np.random.default_rng(0)
+    for strength in (0.0, 0.4, 1.0):
+        base = rng.normal(size=(25, 8))
+        x = _cosine(base)
+        y = _cosine(base + rng.normal(size=(25, 8)) / max(strength, 1e-3))
+        ours = mantel(x, y, 999, np.random.default_rng(1))
+        r, p, n = skbio_mantel(1 - x, 1 - y, method="pearson", permutations=999, alternative="greater", seed=1)
+        assert ours.observed == pytest.approx(r, abs=1e-10)
+        assert n == 25 and ours.n_pairs == 25 * 24 // 2
+        assert abs(ours.p - p) < 0.04                  # two Monte Carlo estimates of one p
+
+
+def test_mantel_false_positive_rate_under_independent_matrices():
+    rng = np.random.default_rng(2)
+    n_draws = 1000
+    hits = sum(mantel(_cosine(rng.normal(size=(20, 6))), _cosine(rng.normal(size=(20, 6))), N_PERM, rng).p < ALPHA
+               for _ in range(n_draws))
+    low, high = binomial_interval(n_draws, SIZE, level=0.99)
+    assert low <= hits <= high, f"{hits}/{n_draws} false positives, expected {low}-{high}"
+
+
+def test_mantel_power_on_planted_shared_structure():
+    rng = np.random.default_rng(3)
+    hits = 0
+    for _ in range(50):
+        x, labels = _clustered(rng, 30, 3, 0.8)
+        y = _cosine(rng.normal(size=(30, 20)) + 0.8 * rng.normal(size=(3, 20))[labels])
+        hits += mantel(x, y, 199, rng).p < ALPHA
+    assert hits >= 45
+
+
+def test_group_contrast_false_positive_rate_and_power():
+    rng = np.random.default_rng(4)
+    n_draws = 1000
+    null_hits = sum(group_contrast(_cosine(rng.normal(size=(30, 10))), np.arange(30) % 4, N_PERM, rng).p < ALPHA
+                    for _ in range(n_draws))
+    low, high = binomial_interval(n_draws, SIZE, level=0.99)
+    assert low <= null_hits <= high
+    power = sum(group_contrast(*_clustered(rng, 30, 4, 0.6), 199, rng).p < ALPHA for _ in range(50))
+    assert power >= 45
+
+
+def test_auroc_matches_its_definition():
+    scores = np.array([0.1, 0.9, 0.4, 0.8, 0.3])
+    members = np.array([False, True, False, True, True])
+    pairs = [(a, b) for a in scores[members] for b in scores[~members]]
+    assert auroc(scores, members) == pytest.approx(np.mean([a > b for a, b in pairs]))
