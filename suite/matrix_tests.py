@@ -64,8 +64,13 @@ def _contrast(values: np.ndarray, labels: np.ndarray, upper: tuple[np.ndarray, n
 
 
 def auroc(scores: np.ndarray, is_member: np.ndarray) -> float:
-    ranks = rankdata(scores)
+    """NaN scores are left out; nan when either group is empty."""
+    valid = ~np.isnan(scores)
+    scores, is_member = scores[valid], is_member[valid]
     n_in, n_out = int(is_member.sum()), int((~is_member).sum())
+    if n_in == 0 or n_out == 0:
+        return float("nan")
+    ranks = rankdata(scores)
     return float((ranks[is_member].sum() - n_in * (n_in + 1) / 2) / (n_in * n_out))
 
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pingouin
-from scipy.stats import mannwhitneyu
 
 from .. import stats
 from ..errors import Inconclusive
+from ..matrix_tests import auroc
 from ..verdicts import Evidence
 from . import Check, common
 from .members import resolve_members
@@ -104,14 +104,14 @@ def routing_score(case: Case, ctx: RunContext) -> Evidence:
     model, design, jac = _prepare(case, ctx, p)
     scores = _routing_scores(jac, design, model, p)
     labels = np.array([True] * len(design.pathway_kds) + [False] * len(design.unrelated_kds))
-    observed = _auroc(scores, labels)
+    observed = auroc(scores, labels)
     rng = np.random.default_rng(p.seed)
-    null = np.array([_auroc(scores, rng.permutation(labels)) for _ in range(p.n_permutations)])
+    null = np.array([auroc(scores, rng.permutation(labels)) for _ in range(p.n_permutations)])
     boot = []
     for _ in range(p.n_bootstrap):
         picks = np.concatenate([rng.choice(np.flatnonzero(labels), labels.sum()),
                                 rng.choice(np.flatnonzero(~labels), (~labels).sum())])
-        boot.append(_auroc(scores[picks], labels[picks]) - 0.5)
+        boot.append(auroc(scores[picks], labels[picks]) - 0.5)
     kds = design.pathway_kds + design.unrelated_kds
     return Evidence(
         statistic=f"AUROC of the per-KD routing score ({_what(p)} on pathway pairs / on matched null pairs)",
@@ -220,14 +220,6 @@ def _routing_scores(jac: np.ndarray, design: PanelDesign, model: LoadedModel, p:
 
     null = per_kd(design.null_regulators, design.null_targets)
     return per_kd(design.regulators, design.targets) / np.where(np.abs(null) > 0, null, np.nan)
-
-
-def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    valid = ~np.isnan(scores)
-    positive, negative = scores[valid & labels], scores[valid & ~labels]
-    if len(positive) == 0 or len(negative) == 0:
-        return float("nan")
-    return float(mannwhitneyu(positive, negative).statistic / (len(positive) * len(negative)))
 
 
 def _what(p: JacobianParams) -> str:
