@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint demo-rebuild
+.PHONY: setup browser demo test lint demo-rebuild
 
 setup: $(VENV)/.installed
 
@@ -18,8 +18,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(PY) -m pytest -v
 
-test: setup
+test: setup browser
 	$(PY) -m pytest tests
+
+# Debian's Chromium and ChromeDriver for the report's browser test (tests/test_browser.py).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium and chromium-driver for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "note: no /usr/bin/chromium: install Debian's chromium and chromium-driver, or the browser test skips"; fi
 
 lint: setup
 	$(PY) -m ruff check .

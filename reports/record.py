@@ -1,13 +1,15 @@
-"""The run record: verdicts.json (the machine contract), verdicts.csv and verdict.html.
+"""The run record: verdicts.json (the machine contract), verdicts.csv, junit.xml and verdict.html.
 
 verdicts.json::
 
     {"schema_version": 1,
      "run": {"id", "started", "finished", "suite_commit", "device", "versions",
              "models": {name: {"model_dir", "checkpoint", "cells", "cell_line", "split", "fingerprint"}},
-             "counts": {"pass": .., "fail": .., "inconclusive": .., "error": .., "xfailed": .., ...}},
-     "cases": [CaseResult fields: case_id, hypothesis, probe, params, statistic, value, effect,
-               ci, p, q, n, verdict, expected, outcome, reason, seconds, ...]}
+             "counts": {"pass": .., "fail": .., "inconclusive": .., "error": .., "xfailed": .., ...,
+                        "unexpected": .., "regressions": .. (with a baseline)}},
+     "synthesis": {"rule", "alpha", "grids": [{"name", "kind", "columns", "rows", "overall"}]},
+     "cases": [CaseResult fields: case_id, hypothesis, probe, side, params, statistic, value, effect,
+               ci, p, q, n, verdict, expected, baseline, outcome, reason, seconds, ...]}
 """
 
 from __future__ import annotations
@@ -21,29 +23,39 @@ from typing import Any
 
 from . import atomic
 from .html import render_html
+from .junit import to_junit
 
 SCHEMA_VERSION = 1
-CSV_COLUMNS = ("case_id", "hypothesis", "probe", "model", "pathway", "verdict", "expected", "outcome",
-               "statistic", "value", "effect", "ci_low", "ci_high", "p", "q", "n", "null", "seed", "reason", "seconds")
+CSV_COLUMNS = ("case_id", "hypothesis", "probe", "side", "model", "pathway", "verdict", "expected", "baseline",
+               "outcome", "statistic", "value", "effect", "ci_low", "ci_high", "p", "q", "n", "null", "seed", "reason",
+               "seconds")
 
 
 def counts(cases: list[dict[str, Any]]) -> dict[str, int]:
+    """Verdicts, pytest's xfailed/xpassed, cases whose verdict is not the expected one, and (when
+    a baseline was given) regressions: cases that passed in the baseline and do not now."""
     tally = Counter(c["verdict"] for c in cases)
     tally.update(c["outcome"] for c in cases if c.get("outcome") in ("xfailed", "xpassed"))
+    tally["unexpected"] = sum(c.get("expected") in ("pass", "fail") and c["verdict"] in ("pass", "fail")
+                              and c["verdict"] != c["expected"] for c in cases)
+    if any(c.get("baseline") for c in cases):
+        tally["regressions"] = sum(c.get("baseline") == "pass" and c["verdict"] != "pass" for c in cases)
     return dict(sorted(tally.items()))
 
 
-def write_run(directory: Path, run: dict[str, Any], cases: list[dict[str, Any]]) -> dict[str, Path]:
-    """Write the three files of a run into `directory`, each atomically."""
+def write_run(directory: Path, run: dict[str, Any], cases: list[dict[str, Any]],
+              synthesis: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write the files of a run into `directory`, each atomically, all rendered before any is replaced."""
     directory = Path(directory)
     run = {**run, "counts": counts(cases)}
-    document = {"schema_version": SCHEMA_VERSION, "run": run, "cases": cases}
-    texts = {directory / "verdicts.json": json.dumps(document, indent=2, default=str) + "\n",
-             directory / "verdicts.csv": to_csv(cases),
-             directory / "verdict.html": render_html(document)}
-    for path, text in texts.items():   # everything rendered before anything is replaced
+    document = {"schema_version": SCHEMA_VERSION, "run": run, "synthesis": synthesis, "cases": cases}
+    texts = {"json": (directory / "verdicts.json", json.dumps(document, separators=(",", ":"), default=str) + "\n"),
+             "csv": (directory / "verdicts.csv", to_csv(cases)),
+             "junit": (directory / "junit.xml", to_junit(run, cases)),
+             "html": (directory / "verdict.html", render_html(document))}
+    for path, text in texts.values():
         atomic.write_text(path, text)
-    return {"json": directory / "verdicts.json", "csv": directory / "verdicts.csv", "html": directory / "verdict.html"}
+    return {kind: path for kind, (path, _) in texts.items()}
 
 
 def to_csv(cases: list[dict[str, Any]]) -> str:

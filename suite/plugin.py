@@ -26,6 +26,7 @@ from .errors import SuiteError
 from .runinfo import new_run_id, run_info
 from .spec import load_spec_dir
 from .stats import benjamini_hochberg
+from .synthesis import synthesize
 from .verdicts import CaseResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,7 +168,8 @@ class RecordKeeper:
         for record in records:   # each model's audit travels with the cases that used it
             for name, audit in record.audits.items():
                 run["models"].setdefault(name, {}).setdefault("audit", audit)
-        self.written = write_run(self.state.report_dir, run, [_without_audits(r.to_dict()) for r in records])
+        cases = [_without_audits(r.to_dict()) for r in records]
+        self.written = write_run(self.state.report_dir, run, cases, synthesize(cases))
 
     def _registry(self) -> dict[str, ModelEntry]:
         """Under xdist the controller collects nothing; read the registry here too."""
@@ -179,7 +181,7 @@ class RecordKeeper:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.written:
             terminalreporter.write_sep("-", "verdict report")
-            terminalreporter.write_line(f"{self.written['html']}  (with verdicts.json and verdicts.csv)")
+            terminalreporter.write_line(f"{self.written['html']}  (with verdicts.json, verdicts.csv and junit.xml)")
 
 
 def _without_audits(case: dict) -> dict:

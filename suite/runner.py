@@ -19,7 +19,7 @@ def skeleton(case: Case) -> CaseResult:
     return CaseResult(case_id=case.case_id, hypothesis=spec.id, probe=spec.probe, claim=spec.claim,
                       params=params, verdict="error", reason="the case raised before reaching a verdict",
                       expected=case.expected.verdict if case.expected else None,
-                      threshold=threshold_of(spec.pass_rule))
+                      threshold=threshold_of(spec.pass_rule), side=CHECKS[spec.probe].side)
 
 
 def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> CaseResult:

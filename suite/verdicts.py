@@ -67,6 +67,8 @@ class CaseResult:
     outcome: str | None = None     # the pytest outcome, filled in from the test report
     seconds: float | None = None
     audits: dict[str, dict] = field(default_factory=dict)   # audit of each model the case used
+    side: str | None = None        # "organized" / "routed": its probe's half of the dual-probe synthesis
+    baseline: str | None = None    # the verdict of the same case in the baseline run, when one is given
 
     def to_dict(self) -> dict[str, Any]:
         return _finite(asdict(self))

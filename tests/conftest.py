@@ -1,5 +1,7 @@
 """Shared fixtures for the suite's own tests."""
 
+import subprocess
+import sys
 from pathlib import Path
 from textwrap import dedent
 
@@ -9,7 +11,7 @@ import torch
 from fixtures.registry import load_registry
 from suite.session import RunContext
 
-from .helpers import DEMO
+from .helpers import DEMO, ROOT
 
 pytest_plugins = ["pytester"]
 
@@ -35,3 +37,13 @@ def demo_registry():
 def demo_run(demo_registry) -> RunContext:
     """The demo models, loaded once for all tests (CPU)."""
     return RunContext(demo_registry, torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def demo_report(tmp_path_factory) -> Path:
+    """The README's first command, run once: every hypothesis on the demo; its report folder."""
+    folder = tmp_path_factory.mktemp("demo-run") / "report"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--report-dir={folder}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return folder

@@ -5,6 +5,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "fixtures" / "demo"
 PANELS = ROOT / "hypotheses" / "panels" / "demo_pathways.yaml"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")   # Debian's, `make browser`
+# without the background-networking flags Chromium keeps dialling out, refused, on a closed network
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1000")
+
+
+def chromium_driver(user_data_dir: Path):
+    """Selenium driving Debian's headless Chromium, with the page's console log kept."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
 
 
 def tiny_state_model(backbone: str, hidden: int = 16, genes: int = 12, perts: int = 5, cells: int = 8, seed: int = 0):

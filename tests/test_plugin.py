@@ -104,7 +104,7 @@ def test_run_record_is_written_with_the_contract_fields(demo_run_result):
     assert typo["verdict"] == "error" and "RPS3X" in typo["reason"]
     assert cases["flip-hepg2_fewshot-ribosome"]["outcome"] == "xpassed-strict"
     header = (report / "verdicts.csv").read_text().splitlines()[0]
-    assert header.startswith("case_id,hypothesis,probe,model,pathway,verdict")
+    assert header.startswith("case_id,hypothesis,probe,side,model,pathway,verdict,expected,baseline")
 
 
 def test_html_report_escapes_yaml_text(demo_run_result):
@@ -112,7 +112,27 @@ def test_html_report_escapes_yaml_text(demo_run_result):
     html = (report / "verdict.html").read_text()
     assert "Pathway KDs &lt;b&gt;cluster&lt;/b&gt;." in html and "<b>cluster</b>" not in html
     assert "What the models compute (audit)" in html and "not audited in this run" in html
-    assert 'data-id="rep-hepg2_fewshot-ribosome"' in html and 'class="enrichment"' in html
+    assert 'data-id="rep-hepg2_fewshot-ribosome"' in html and '<table class="small">' in html
+
+
+def test_junit_xml_of_the_same_run_maps_verdicts_like_pytest(demo_run_result):
+    import xml.etree.ElementTree as ET
+
+    _, report = demo_run_result
+    suite = ET.parse(report / "junit.xml").getroot().find("testsuite")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    record = json.loads((report / "verdicts.json").read_text())
+    assert set(cases) == {c["case_id"] for c in record["cases"]}
+    outcome = {name: [child.tag for child in case if child.tag != "properties"] for name, case in cases.items()}
+    assert outcome["coh-hepg2_fewshot-ribosome"] == []
+    assert outcome["coh-hepg2_fewshot-typo"] == ["error"]
+    assert outcome["flip-hepg2_fewshot-ribosome"] == ["failure"]
+    assert cases["coh-hepg2_fewshot-decoy"].find("skipped").get("type") == "pytest.xfail"
+    assert cases["coh-hepg2_fewshot-tiny"].find("skipped").get("type") == "pytest.skip"
+    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("6", "1", "1")
+    ribo = {p.get("name"): p.get("value") for p in cases["coh-hepg2_fewshot-ribosome"].iter("property")}
+    assert ribo["verdict"] == "pass" and float(ribo["q"]) == pytest.approx(
+        next(c["q"] for c in record["cases"] if c["case_id"] == "coh-hepg2_fewshot-ribosome"))
 
 
 def test_spec_error_fails_the_run_with_file_and_line(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..verdicts import PassRule
 
@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from ..cases import Case
     from ..session import RunContext
     from ..verdicts import Evidence
+
+
+Side = Literal["organized", "routed"]   # representation probes vs causal probes (DESIGN.md §3)
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Check:
     summary: str
     default_rule: Callable[[Any], PassRule] = lambda params: PassRule()   # when a hypothesis gives none
     validate: Callable[[Any], str | None] = lambda params: None          # cross-field checks of params
+    side: Side | None = None   # which half of the dual-probe synthesis a per-pathway pass speaks for
 
 
 def _registry() -> dict[str, Check]:

@@ -50,11 +50,11 @@ def relabelings(p: NullParams, n_kds: int, magnitude: Magnitude) -> np.ndarray:
     return stats.permutations_within(rng, strata, n_kds, p.n_permutations)
 
 
-def set_null_text(p: NullParams, n_members: int, n_kds: int, magnitude: str) -> str:
+def set_null_text(p: NullParams, n_members: int, n_kds: int, magnitude: str, unit: str = "KDs") -> str:
     if p.null_model == "label_permutation":
-        return f"label permutation: {p.n_permutations} random sets of {n_members} of the {n_kds} KDs"
-    return (f"magnitude-stratified permutation: {p.n_permutations} random sets of {n_members} KDs with the members' "
-            f"count in each stratum of ~{p.stratum_size} KDs of similar {magnitude}")
+        return f"label permutation: {p.n_permutations} random sets of {n_members} of the {n_kds} {unit}"
+    return (f"magnitude-stratified permutation: {p.n_permutations} random sets of {n_members} {unit} with the "
+            f"members' count in each stratum of ~{p.stratum_size} {unit} of similar {magnitude}")
 
 
 def relabel_text(p: NullParams, second: str, n_kds: int, magnitude: str) -> str:
@@ -75,3 +75,27 @@ def percentile_ci(values: list[float], level: float = 0.95) -> tuple[float, floa
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def similarity_heatmap(similarity: Callable[[list[int]], np.ndarray], names: list[str], members: np.ndarray,
+                       groups: dict[str, tuple[str, ...]], pathway: str, limit: int = 40) -> dict:
+    """A KD x KD (or gene x gene) similarity block for the report, ordered by pathway: the
+    pathway's members first, then a few members of each other panel, then unassigned names.
+    `similarity(indices)` gives the block for those rows of `names`."""
+    shown = [int(i) for i in members[:limit]]
+    labels = ["pathway"] * len(shown)
+    index = {name: i for i, name in enumerate(names)}
+    others = {g: [index[n] for n in group if n in index and index[n] not in shown]
+              for g, group in groups.items() if g != pathway}
+    others = {g: found for g, found in others.items() if found}
+    share = max(2, (limit - len(shown)) // (len(others) + 1))
+    for group, found in others.items():
+        taken = [i for i in found if i not in shown][: min(share, limit - len(shown))]
+        shown += taken
+        labels += [group] * len(taken)
+    rest = [i for i in range(len(names)) if i not in set(shown)]
+    step = max(1, len(rest) // max(limit - len(shown), 1))
+    filler = rest[::step][: limit - len(shown)]
+    shown, labels = shown + filler, labels + ["other"] * len(filler)
+    block = np.round(similarity(shown), 2)
+    return {"names": [names[i] for i in shown], "groups": labels, "values": block.tolist()}

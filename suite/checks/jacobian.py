@@ -234,7 +234,8 @@ def _sizes(p: JacobianParams, design: PanelDesign, ctx: RunContext, model: Loade
 
 CHECKS = (
     Check("targeted_jacobian", ("model", "pathway"), JacobianParams, panel_test,
-          "dY[target]/dX[regulator] higher under pathway KDs than unrelated KDs, for the pathway's targets only"),
+          "dY[target]/dX[regulator] higher under pathway KDs than unrelated KDs, for the pathway's targets only",
+          side="routed"),
     Check("jacobian_routing_score", ("model", "pathway"), RoutingParams, routing_score,
-          "a per-KD score of pathway vs matched null sensitivity separates the pathway's KDs"),
+          "a per-KD score of pathway vs matched null sensitivity separates the pathway's KDs", side="routed"),
 )

@@ -75,7 +75,7 @@ def cross_line(case: Case, ctx: RunContext) -> Evidence:
         p=stats.exact_p(null, observed), seed=p.seed,
         n={"members": len(members), "ko_genes": len(genes), "output_genes": len(outputs),
            "permutations": p.n_permutations, "bootstrap": p.n_bootstrap},
-        null=common.set_null_text(p, len(members), len(genes), "KO-profile norm"),
+        null=common.set_null_text(p, len(members), len(genes), "KO-profile norm", "genes"),
         details={"mean_r_all_genes": float(np.nanmean(r)), "table": table, "dropped": dropped,
                  "sources": [source_a, source_b], "null_histogram": common.histogram(null, observed)})
 
@@ -97,9 +97,12 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
         statistic="mean within-pathway cosine - mean all-pairs cosine of KO profiles", value=within - background,
         effect=within - background, ci=ci, p=result.p, seed=p.seed,
         n={"members": len(members), "ko_genes": len(rows), "permutations": p.n_permutations},
-        null=common.set_null_text(p, len(members), len(rows), "KO-profile norm"),
+        null=common.set_null_text(p, len(members), len(rows), "KO-profile norm", "genes"),
         details={"within": within, "background": background, "z": result.z, "members": present, "dropped": dropped,
-                 "source": source, "null_histogram": common.histogram(result.null, result.observed)})
+                 "source": source, "null_histogram": common.histogram(result.null, result.observed),
+                 "heatmap": common.similarity_heatmap(
+                     lambda idx: stats.cosine_similarity_matrix(profiles[idx]), list(rows), members,
+                     {n: panel.genes for n, panel in case.spec.panels.items()}, case.axes["pathway"])})
 
 
 def per_gene_spearman(a: np.ndarray, b: np.ndarray, leave_out: list[int]) -> np.ndarray:
@@ -159,5 +162,5 @@ CHECKS = (
           "zeroing a pathway gene shifts the outputs alike in two models (mean Spearman r > 0.4, beating random "
           "genes)", _notes_rule),
     Check("knockout_coherence", ("model", "pathway"), KnockoutParams, coherence,
-          "a pathway's genes have similar KO profiles in one model", _coherence_rule),
+          "a pathway's genes have similar KO profiles in one model", _coherence_rule, side="routed"),
 )

@@ -85,7 +85,13 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
                  "null_sd_within": result.null_sd, "z": result.z,
                  "excess_over_null": result.observed - result.null_mean,
                  "nn_hit_rate": stats.nn_hit_rate(sim, members, everyone), "members": present, "dropped": dropped,
-                 "null_histogram": common.histogram(result.null, result.observed)})
+                 "null_histogram": common.histogram(result.null, result.observed),
+                 "heatmap": _heatmap(case, sim, kds, members)})
+
+
+def _heatmap(case: Case, sim: np.ndarray, kds: list[str], members: np.ndarray) -> dict:
+    groups = {name: panel.kds for name, panel in case.spec.panels.items()}
+    return common.similarity_heatmap(lambda idx: sim[np.ix_(idx, idx)], kds, members, groups, case.axes["pathway"])
 
 
 def _hit_rate_evidence(p: CoherenceParams, sim, members, everyone, null_sets, dropped, model, ctx) -> Evidence:
@@ -198,7 +204,7 @@ def _sizes(p, members, kds, model: LoadedModel, ctx: RunContext) -> dict[str, in
 
 CHECKS = (
     Check("pert_embedding_coherence", ("model", "pathway"), CoherenceParams, coherence,
-          "pathway KDs closer in pert_encoder space than random KD sets"),
+          "pathway KDs closer in pert_encoder space than random KD sets", side="organized"),
     Check("pert_embedding_consistency", ("model_pair", "pathway"), ConsistencyParams, consistency,
           "pathway KDs keep their nearest neighbours across two models"),
 )

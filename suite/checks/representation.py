@@ -90,7 +90,10 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
         n=_sizes(p, members, x, model, ctx), null=common.set_null_text(p, len(members), len(x), f"{label} norm"),
         seed=p.seed, details={"within": within, "background": background, "null_mean_within": result.null_mean,
                               "z": result.z, "members": present, "dropped": dropped,
-                              "null_histogram": common.histogram(result.null, result.observed)})
+                              "null_histogram": common.histogram(result.null, result.observed),
+                              "heatmap": common.similarity_heatmap(
+                                  lambda idx: stats.cosine_similarity_matrix(x[idx]), model.kd_names, members,
+                                  {n: panel.kds for n, panel in case.spec.panels.items()}, case.axes["pathway"])})
 
 
 def clusters(case: Case, ctx: RunContext) -> Evidence:
@@ -182,9 +185,10 @@ def _notes_rule(_params: RepresentationParams) -> PassRule:
 
 CHECKS = (
     Check("representation_coherence", ("model", "pathway"), RepresentationParams, coherence,
-          "pathway KDs closer in a representation (ΔY, layer, SAE) than random KD sets", _notes_rule, validate),
+          "pathway KDs closer in a representation (ΔY, layer, SAE) than random KD sets", _notes_rule, validate,
+          side="organized"),
     Check("representation_clusters", ("model", "pathway"), ClusterParams, clusters,
-          "pathway KDs enriched in one cluster of a representation", validate=validate),
+          "pathway KDs enriched in one cluster of a representation", validate=validate, side="organized"),
     Check("representation_consistency", ("model_pair", "pathway"), ConsistencyParams, consistency,
           "pathway KDs keep their nearest KDs in a representation across two models", _notes_rule, validate),
 )

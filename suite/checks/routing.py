@@ -141,8 +141,8 @@ def _kd_separation(case: Case, model: LoadedModel, routing: Routing, dy: np.ndar
         seed=p.seed, n={"members": len(members), "kds": len(routing.kds), "axes": found.scores.shape[1],
                         "permutations": p.n_permutations},
         null=common.set_null_text(p, len(members), len(routing.kds), "ΔY norm") + "; the best axis re-chosen each time",
-        details={"best_axis": axis + 1, "table": table, "scatter": _score_scatter(found.scores, members, routing.kds),
-                 "null_histogram": common.histogram(null, observed)})
+        details={"best_axis": axis + 1, "table": table, "null_histogram": common.histogram(null, observed),
+                 "scatter": _score_scatter(found.scores, members, routing.kds, axis)})
 
 
 def _gene_enrichment(case: Case, model: LoadedModel, found, table, p: RoutingParams) -> Evidence:
@@ -161,7 +161,7 @@ def _gene_enrichment(case: Case, model: LoadedModel, found, table, p: RoutingPar
         statistic=f"best fold enrichment of the pathway's genes in an axis's loading (top {len(table)} SVD axes)",
         value=observed, effect=observed - 1.0, ci=None, p=stats.exact_p(null, observed), seed=p.seed,
         n={"members": len(members), "output_genes": genes, "axes": len(table), "permutations": p.n_permutations},
-        null=common.set_null_text(p, len(members), genes, "mean control expression").replace("KDs", "genes")
+        null=common.set_null_text(p, len(members), genes, "mean control expression", "genes")
         + "; the best axis re-chosen each time",
         details={"table": table, "null_histogram": common.histogram(null, observed)})
 
@@ -347,12 +347,14 @@ def _scatter(x: np.ndarray, y: np.ndarray, x_label: str, y_label: str, seed: int
             "y_label": y_label}
 
 
-def _score_scatter(scores: np.ndarray, members: np.ndarray, kds: tuple[str, ...]) -> dict:
+def _score_scatter(scores: np.ndarray, members: np.ndarray, kds: tuple[str, ...], best: int) -> dict:
+    """KD scores on the best axis (across) against the strongest other axis (up)."""
     flag = np.zeros(len(kds), dtype=bool)
     flag[members] = True
-    second = scores[:, 1] if scores.shape[1] > 1 else np.zeros(len(kds))
-    return {"x": scores[:, 0].round(5).tolist(), "y": second.round(5).tolist(), "highlight": flag.tolist(),
-            "labels": list(kds), "x_label": "axis 1 score", "y_label": "axis 2 score"}
+    other = 1 if best == 0 else 0
+    second = scores[:, other] if scores.shape[1] > 1 else np.zeros(len(kds))
+    return {"x": scores[:, best].round(5).tolist(), "y": second.round(5).tolist(), "highlight": flag.tolist(),
+            "labels": list(kds), "x_label": f"axis {best + 1} score (best)", "y_label": f"axis {other + 1} score"}
 
 
 def _seeds_rule(_p: RoutingParams) -> PassRule:
@@ -373,7 +375,8 @@ CHECKS = (
     Check("routing_cluster_sharing", ("model",), RoutingParams, cluster_sharing,
           "KDs in one ΔY cluster share routing more than KDs in different clusters", _p_rule, validate),
     Check("routing_axes", ("model", "pathway"), RoutingParams, axes,
-          "a top SVD axis of the Jacobians separates the pathway's KDs or loads on its genes", _p_rule, validate),
+          "a top SVD axis of the Jacobians separates the pathway's KDs or loads on its genes", _p_rule, validate,
+          side="routed"),
     Check("routing_divergence", ("model_pair", "pathway"), RoutingParams, divergence,
           "the pathway's KDs' routing differs between two models more than KDs of similar magnitude (NB05)",
           _p_rule, validate),

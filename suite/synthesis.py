@@ -1,0 +1,151 @@
+"""The dual-probe synthesis (DESIGN.md §3): is a pathway organized, routed, both or neither?
+
+Each probe that reads one model and one pathway speaks for one side: the representation
+probes (pert_encoder space, ΔY, layers, SAE features) for "organized", the causal probes
+(targeted Jacobians, routing axes, in-silico knockouts) for "routed" (`Check.side`). Per
+model and pathway the two sides are read by RULE; the grid beside the line shows every
+case the line came from. Cases over a model pair (agreement across lines or splits) and
+cases without a pathway get grids of their own and do not enter the line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ALPHA = 0.05
+SIDES = ("organized", "routed")
+RULE = (f"A side holds when more than half of its cases pass and survive the run's Benjamini-Hochberg correction "
+        f"(q < {ALPHA}); it does not hold when more than half reached a verdict and do not (fail, or pass only "
+        f"before correction). Otherwise (evidence split, too many cases inconclusive or errored, or no case of "
+        f"that side for the pathway) the side is inconclusive, and so is the line. One stray pass among several "
+        f"probes does not make a pathway organized or routed.")
+LINES = {(True, True): "organized and routed", (True, False): "organized but not routed",
+         (False, True): "routed but not organized", (False, False): "neither"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One case in a grid."""
+
+    case_id: str
+    verdict: str
+    expected: str | None
+    q: float | None
+    discovery: bool                    # passes and survives the run's BH correction
+
+
+@dataclass(frozen=True)
+class SideReading:
+    side: str
+    state: str                 # holds | does not hold | inconclusive
+    text: str                  # the counts behind the state, in words
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The one line for a pathway in a model."""
+
+    line: str
+    organized: SideReading
+    routed: SideReading
+
+
+@dataclass
+class Row:
+    pathway: str
+    cells: list[list[Cell]]            # one list per column (a column's hypothesis may give several cases)
+    reading: Reading | None = None
+
+
+@dataclass
+class Grid:
+    """Pathways x hypotheses for one model (or one model pair)."""
+
+    name: str
+    kind: str                          # model | pair
+    columns: list[dict[str, Any]]      # {"hypothesis", "probe", "side"}
+    rows: list[Row] = field(default_factory=list)
+    overall: list[dict[str, Any]] = field(default_factory=list)   # cases without a pathway: {"hypothesis", "cells"}
+
+
+def synthesize(cases: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The run's synthesis: the rule, a grid per model and per model pair, and each model's lines."""
+    cases = list(cases)
+    grids = [_grid(name, kind, [c for c in cases if _unit(c) == (kind, name)]) for kind, name in _units(cases)]
+    return {"rule": RULE, "alpha": ALPHA, "grids": [asdict(g) for g in grids]}
+
+
+def read_sides(organized: list[Cell], routed: list[Cell], pathway: str) -> Reading:
+    sides = {side: read_side(side, cells, pathway) for side, cells in zip(SIDES, (organized, routed), strict=True)}
+    states = [sides[s].state for s in SIDES]
+    if "inconclusive" in states:
+        line = "inconclusive"
+    else:
+        line = LINES[tuple(state == "holds" for state in states)]
+    return Reading(line, sides["organized"], sides["routed"])
+
+
+def read_side(side: str, cells: list[Cell], pathway: str) -> SideReading:
+    if not cells:
+        return SideReading(side, "inconclusive", f"no {side} hypothesis covers {pathway}")
+    found = sum(c.discovery for c in cells)
+    uncorrected = sum(c.verdict == "pass" and not c.discovery for c in cells)
+    unsettled = sum(c.verdict in ("inconclusive", "error") for c in cells)
+    text = f"{found} of {len(cells)} pass with q < {ALPHA}"
+    if uncorrected:
+        text += f"; {uncorrected} more pass only before correction"
+    if unsettled:
+        text += f"; {unsettled} inconclusive or errored"
+    if found > len(cells) / 2:
+        return SideReading(side, "holds", text)
+    if len(cells) - found - unsettled > len(cells) / 2:
+        return SideReading(side, "does not hold", text)
+    return SideReading(side, "inconclusive", text)
+
+
+def _units(cases: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(kind, name) of every model and model pair, in order of first appearance."""
+    seen: dict[tuple[str, str], None] = {}
+    for case in cases:
+        seen.setdefault(_unit(case))
+    return [unit for unit in seen if unit[1] is not None]
+
+
+def _unit(case: dict[str, Any]) -> tuple[str, str | None]:
+    params = case.get("params", {})
+    if params.get("model_pair"):
+        return "pair", params["model_pair"]
+    return "model", params.get("model")
+
+
+def _grid(name: str, kind: str, cases: list[dict[str, Any]]) -> Grid:
+    per_pathway = [c for c in cases if c["params"].get("pathway") is not None]
+    ordered = sorted(per_pathway, key=lambda c: SIDES.index(c["side"]) if c.get("side") in SIDES else len(SIDES))
+    columns: dict[str, dict[str, Any]] = {}
+    for c in ordered:
+        columns.setdefault(c["hypothesis"], {"hypothesis": c["hypothesis"], "probe": c["probe"], "side": c.get("side")})
+    grid = Grid(name, kind, list(columns.values()))
+    for pathway in dict.fromkeys(c["params"]["pathway"] for c in per_pathway):
+        mine = [c for c in per_pathway if c["params"]["pathway"] == pathway]
+        cells = [[_cell(c) for c in mine if c["hypothesis"] == column["hypothesis"]] for column in grid.columns]
+        grid.rows.append(Row(pathway, cells, _reading(kind, pathway, mine)))
+    rest = [c for c in cases if c["params"].get("pathway") is None]
+    for hypothesis in dict.fromkeys(c["hypothesis"] for c in rest):
+        cells = [_cell(c) for c in rest if c["hypothesis"] == hypothesis]
+        grid.overall.append({"hypothesis": hypothesis, "cells": cells})
+    return grid
+
+
+def _reading(kind: str, pathway: str, cases: list[dict[str, Any]]) -> Reading | None:
+    if kind != "model":
+        return None
+    by_side = {side: [_cell(c) for c in cases if c.get("side") == side] for side in SIDES}
+    return read_sides(by_side["organized"], by_side["routed"], pathway)
+
+
+def _cell(case: dict[str, Any]) -> Cell:
+    q = case.get("q")
+    discovery = case["verdict"] == "pass" and (q is None or q < ALPHA)
+    return Cell(case["case_id"], case["verdict"], case.get("expected"), q, discovery)

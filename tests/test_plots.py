@@ -1,0 +1,63 @@
+"""The report's inline plots and the heatmap block the coherence checks hand them."""
+
+import base64
+import re
+import struct
+import zlib
+
+import numpy as np
+
+from reports import plots
+from suite.checks.common import similarity_heatmap
+
+
+def _decode_png(data: bytes) -> tuple[int, int, bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    start = data.index(b"IDAT") + 4
+    length = struct.unpack(">I", data[start - 8:start - 4])[0]
+    return width, height, zlib.decompress(data[start:start + length])
+
+
+def test_png_holds_the_pixels_given():
+    pixels = [[(255, 0, 0), (0, 0, 255)], [(255, 255, 255), (10, 20, 30)]]
+    width, height, raw = _decode_png(plots.png_rgb(pixels))
+    assert (width, height) == (2, 2)
+    assert raw == b"\x00" + bytes([255, 0, 0, 0, 0, 255]) + b"\x00" + bytes([255, 255, 255, 10, 20, 30])
+
+
+def test_heatmap_colours_run_from_blue_through_white_to_red_and_mark_groups():
+    heatmap = {"names": ["A", "B", "<C>"], "groups": ["pathway", "pathway", "<x>"],
+               "values": [[1.0, -1.0, 0.0], [-1.0, 1.0, None], [0.0, None, 1.0]]}
+    svg = str(plots.heatmap_svg(heatmap))
+    _, _, raw = _decode_png(base64.b64decode(re.search(r"base64,([^\"]+)", svg).group(1)))
+    first_row = raw[1:10]
+    assert list(first_row) == [255, 0, 0, 0, 0, 255, 255, 255, 255]
+    assert "&lt;x&gt;" in svg and "<x>" not in svg and "&lt;C&gt;" in svg
+    assert svg.count("<line") == 2        # one boundary between the two groups, across and down
+
+
+def test_histogram_places_the_observed_line_on_the_value_axis():
+    svg = str(plots.histogram_svg({"counts": [1, 2, 1], "edges": [0.0, 1.0, 2.0, 3.0], "observed": 4.0}, width=400))
+    line = re.search(r'<line x1="([\d.]+)"', svg)
+    assert float(line.group(1)) == 400.0
+    assert svg.count("<rect") == 3 and "observed 4" in svg
+
+
+def test_bars_skip_missing_values_and_draw_the_reference():
+    svg = str(plots.bars_svg(["a", "b", "c"], [0.5, None, -0.2], reference=0.1, reference_label="all"))
+    assert svg.count("<rect") == 2 and 'stroke-dasharray' in svg and "all 0.1" in svg
+    assert str(plots.bars_svg(["a"], [float("nan")])) == ""
+
+
+def test_similarity_heatmap_puts_the_pathway_first_then_other_panels():
+    names = [f"K{i}" for i in range(20)]
+    sim = np.random.default_rng(0).uniform(-1, 1, (20, 20))
+    groups = {"mine": ("K3", "K4", "K5"), "other": ("K10", "K11", "K12", "K13"), "absent": ("ZZZ",)}
+    block = similarity_heatmap(lambda idx: sim[np.ix_(idx, idx)], names, np.array([3, 4, 5]), groups, "mine",
+                               limit=10)
+    assert block["names"][:3] == ["K3", "K4", "K5"]
+    assert block["groups"][:3] == ["pathway"] * 3 and block["groups"][3] == "other"
+    assert len(block["names"]) == 10 and len(set(block["names"])) == 10
+    rows = [names.index(n) for n in block["names"]]
+    assert np.allclose(block["values"], np.round(sim[np.ix_(rows, rows)], 2))
