@@ -8,10 +8,12 @@ import pytest
 
 from fixtures.device import resolve_device
 from fixtures.registry import load_registry
+from suite.baseline import Baseline
 from suite.cache import ArrayCache
 from suite.cases import Case
 from suite.errors import SuiteError
 from suite.plugin import RECORD, STATE, collect_cases, marks_for
+from suite.runinfo import versions
 from suite.runner import skeleton
 from suite.session import RunContext
 from suite.verdicts import CaseResult
@@ -34,12 +36,17 @@ def suite_run(pytestconfig: pytest.Config) -> RunContext:
     """The run's shared state: each model loaded once, on the chosen device."""
     state = pytestconfig.stash[STATE]
     try:
-        device = resolve_device(state.device_choice)
+        device = resolve_device(state.device_choice, getattr(pytestconfig, "workerinput", {}).get("workerid"))
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    cache = pytestconfig.cache.mkdir("st-hypotheses") if getattr(pytestconfig, "cache", None) else None
     return RunContext(state.registry or load_registry(state.models_path), device, state.cell_orderings,
-                      ArrayCache(cache))
+                      ArrayCache(state.cache_dir, salt=versions()))
+
+
+@pytest.fixture(scope="session")
+def baseline(pytestconfig: pytest.Config) -> Baseline | None:
+    """The earlier run given by --baseline, or None."""
+    return pytestconfig.stash[STATE].baseline
 
 
 @pytest.fixture

@@ -8,6 +8,6 @@ from suite.plugin import enforce
 from suite.runner import evaluate
 
 
-def test_hypothesis(case, suite_run, case_record):
+def test_hypothesis(case, suite_run, case_record, baseline):
     evaluate(case, suite_run, case_record)
-    enforce(case_record)
+    enforce(case_record, baseline)

@@ -33,13 +33,14 @@ CSV_COLUMNS = ("case_id", "hypothesis", "probe", "side", "model", "pathway", "ve
 
 def counts(cases: list[dict[str, Any]]) -> dict[str, int]:
     """Verdicts, pytest's xfailed/xpassed, cases whose verdict is not the expected one, and (when
-    a baseline was given) regressions: cases that passed in the baseline and do not now."""
+    compared with a baseline) regressions (verdict flips) and drifts."""
     tally = Counter(c["verdict"] for c in cases)
     tally.update(c["outcome"] for c in cases if c.get("outcome") in ("xfailed", "xpassed"))
     tally["unexpected"] = sum(c.get("expected") in ("pass", "fail") and c["verdict"] in ("pass", "fail")
                               and c["verdict"] != c["expected"] for c in cases)
-    if any(c.get("baseline") for c in cases):
-        tally["regressions"] = sum(c.get("baseline") == "pass" and c["verdict"] != "pass" for c in cases)
+    changes = Counter((c.get("change") or {}).get("kind") for c in cases)
+    if any(c.get("change") for c in cases):
+        tally["regressions"], tally["drift"] = changes["flip"], changes["drift"]
     return dict(sorted(tally.items()))
 
 

@@ -1,8 +1,11 @@
-"""Probe outputs cached on disk, keyed by the model's fingerprint and every parameter that shapes them.
+"""Probe outputs cached on disk, keyed by the model's fingerprint, every parameter that shapes them
+and the versions of the libraries that compute them.
 
-The folder is pytest's own cache (`.pytest_cache/d/st-hypotheses`, cleared by `--cache-clear`,
-moved by `-o cache_dir=...`); with `-p no:cacheprovider` nothing is written. A cached array is
-only ever seen whole: it is written under a temporary name and renamed into place.
+The folder is `--cache-dir`, by default pytest's own cache (`.pytest_cache/d/st-hypotheses`,
+cleared by `--cache-clear`); `--no-cache` or `-p no:cacheprovider` writes nothing. A cached
+array is only ever seen whole: it is written under a temporary name (unique per process) and
+renamed into place, so workers sharing the folder never read a partial file; two that compute
+the same entry at once write the same bytes, and the last rename wins.
 """
 
 from __future__ import annotations
@@ -19,29 +22,44 @@ VERSION = 1     # bump when a probe's numbers change for the same inputs
 
 
 def cache_key(kind: str, **parts: object) -> str:
-    """A file-name-safe key: `kind` plus a digest of the parts (fingerprints, parameters)."""
+    """A file-name-safe key: `kind` plus a digest of the parts (fingerprints, parameters, versions)."""
     blob = json.dumps({"version": VERSION, "kind": kind, **parts}, sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
 class ArrayCache:
-    """Arrays by key in one folder, or nowhere (root None: compute every time, hold in memory)."""
+    """Arrays by key in one folder, or nowhere (root None: compute every time, hold in memory).
+    `salt` (e.g. library versions) enters every key made by `key()`."""
 
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self, root: Path | None, salt: dict[str, str] | None = None) -> None:
         self.root = root
+        self.salt = dict(salt or {})
         self.hits: list[str] = []
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
 
-    def array(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        """The cached array for key, else compute() saved under it."""
+    def key(self, kind: str, **parts: object) -> str:
+        return cache_key(kind, **parts, libraries=self.salt)
+
+    def get(self, key: str) -> np.ndarray | None:
         path = self._path(key)
-        if path is not None and path.exists():
-            self.hits.append(key)
-            return np.load(path, mmap_mode="r")
-        value = compute()
+        if path is None or not path.exists():
+            return None
+        self.hits.append(key)
+        return np.load(path, mmap_mode="r")
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        path = self._path(key)
         if path is not None:
             _atomic_save(path, lambda tmp: np.save(tmp, value))
+
+    def array(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached array for key, else compute() saved under it."""
+        found = self.get(key)
+        if found is not None:
+            return found
+        value = compute()
+        self.put(key, value)
         return value
 
     def filled(self, key: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]) -> np.ndarray:

@@ -1,15 +1,17 @@
 """The suite's pytest plugin (loaded through the `pytest11` entry point).
 
-Options: --models, --hypotheses, --report-dir, --device. conftest.py turns the YAML
-hypotheses into `test_hypothesis` cases with pytest_generate_tests (so fixtures, -k/-m,
-ids and xdist keep working). Each case's record rides on its test report
-(user_properties, as JSON, so xdist can carry it); the RecordKeeper in the controlling
-process collects them and writes the run record at the end.
+Options: --models, --hypotheses, --report-dir, --device, --cell-orderings, --baseline,
+--update-baseline, --cache-dir, --no-cache. conftest.py turns the YAML hypotheses into
+`test_hypothesis` cases with pytest_generate_tests (so fixtures, -k/-m, ids and xdist keep
+working). Each case's record rides on its test report (user_properties, as JSON, so xdist
+can carry it); the RecordKeeper in the controlling process collects them and publishes the
+run (reports/history.py) at the end.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +21,9 @@ import pytest
 
 from fixtures.arc_state import declared_backbone
 from fixtures.registry import ModelEntry, load_registry
+from reports import history
 
+from .baseline import Baseline, compare, fingerprint_changes, load_baseline, regression_message
 from .cases import Case, ModelInfo, expand_all
 from .checks import CHECKS
 from .errors import SuiteError
@@ -38,6 +42,10 @@ class HypothesisFailed(AssertionError):
     """A case whose verdict is fail (the numbers are in the message)."""
 
 
+class Regression(AssertionError):
+    """A case whose verdict differs from the baseline run's (never an expected failure)."""
+
+
 @dataclass
 class SuiteState:
     models_path: Path
@@ -45,6 +53,9 @@ class SuiteState:
     report_dir: Path
     device_choice: str
     cell_orderings: int = 8
+    baseline: Baseline | None = None
+    update_baseline: bool = False
+    cache_dir: Path | None = None
     run_id: str = field(default_factory=new_run_id)
     started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     registry: dict[str, ModelEntry] | None = None
@@ -58,26 +69,56 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--models", default=str(ROOT / "fixtures/demo/models.yaml"),
                     help="models registry YAML (default: the bundled demo)")
     group.addoption("--hypotheses", default=str(ROOT / "hypotheses"), help="folder of hypothesis YAML files")
-    group.addoption("--report-dir", default=str(ROOT / "reports/latest"),
-                    help="where verdict.html, verdicts.json and verdicts.csv go (default: reports/latest)")
+    group.addoption("--report-dir", default=str(ROOT / "reports"),
+                    help="where runs are kept: each run in REPORT_DIR/runs/<run-id>/, REPORT_DIR/latest pointing at "
+                         "the newest (default: reports)")
+    group.addoption("--baseline", default=None, metavar="latest|baseline|RUN-ID|PATH",
+                    help="compare every case with an earlier run: a verdict that changed fails as a regression, a "
+                         "metric that moved beyond the hypothesis's tolerance is reported as drift")
+    group.addoption("--update-baseline", action="store_true",
+                    help="promote this run to REPORT_DIR/baseline once it is written (nothing promotes itself)")
+    group.addoption("--cache-dir", default=None,
+                    help="disk cache of probe outputs, keyed by model fingerprint and parameters "
+                         "(default: pytest's cache folder, .pytest_cache/d/st-hypotheses)")
+    group.addoption("--no-cache", action="store_true", help="compute every probe output afresh and store none")
     group.addoption("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     group.addoption("--cell-orderings", type=int, default=8,
                     help="random cell orderings that probes average over for models whose outputs depend on "
                          "cell order (causal attention); a hypothesis's cell_orderings overrides it (default: 8)")
 
 
-PATH_OPTIONS = ("--models", "--hypotheses", "--report-dir")
+PATH_OPTIONS = ("--models", "--hypotheses", "--report-dir", "--cache-dir")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     _refuse_misread_paths(config)
     state = SuiteState(Path(config.getoption("--models")), Path(config.getoption("--hypotheses")),
                        Path(config.getoption("--report-dir")), config.getoption("--device"),
-                       max(1, config.getoption("--cell-orderings")))
+                       max(1, config.getoption("--cell-orderings")),
+                       _baseline(config), config.getoption("--update-baseline"), _cache_dir(config))
     config.stash[STATE] = state
     config.pluginmanager.register(RecordKeeper(state), "st-record-keeper")
     for name, check in CHECKS.items():
         config.addinivalue_line("markers", f"{name}: hypotheses using the {name} probe ({check.summary})")
+
+
+def _baseline(config: pytest.Config) -> Baseline | None:
+    which = config.getoption("--baseline")
+    if which is None:
+        return None
+    try:
+        return load_baseline(history.resolve(Path(config.getoption("--report-dir")), which))
+    except FileNotFoundError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _cache_dir(config: pytest.Config) -> Path | None:
+    if config.getoption("--no-cache"):
+        return None
+    if config.getoption("--cache-dir"):
+        return Path(config.getoption("--cache-dir"))
+    cache = getattr(config, "cache", None)     # None with -p no:cacheprovider
+    return cache.mkdir("st-hypotheses") if cache is not None else None
 
 
 def _refuse_misread_paths(config: pytest.Config) -> None:
@@ -114,12 +155,22 @@ def marks_for(case: Case) -> list:
     return marks
 
 
-def enforce(record: CaseResult) -> None:
-    """Turn a verdict into the pytest outcome."""
+def enforce(record: CaseResult, baseline: Baseline | None = None) -> None:
+    """Turn a verdict, and a change since the baseline, into the pytest outcome."""
+    if baseline is not None:
+        note_change(record, baseline)
+        if record.change["kind"] == "flip":
+            raise Regression(regression_message(record.to_dict(), record.change, baseline.run_id))
     if record.verdict == "inconclusive":
         pytest.skip(f"inconclusive: {record.reason}")
     if record.verdict == "fail":
         raise HypothesisFailed(failure_text(record))
+
+
+def note_change(record: CaseResult, baseline: Baseline) -> None:
+    old = baseline.cases.get(record.case_id)
+    record.baseline = old["verdict"] if old else None
+    record.change = compare(record.to_dict(), old, record.tolerance).to_dict()
 
 
 def failure_text(r: CaseResult) -> str:
@@ -136,6 +187,7 @@ class RecordKeeper:
         self.state = state
         self.records: dict[str, CaseResult] = {}
         self.written: dict[str, Path] | None = None
+        self.run: dict[str, Any] = {}
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any):
@@ -168,8 +220,30 @@ class RecordKeeper:
         for record in records:   # each model's audit travels with the cases that used it
             for name, audit in record.audits.items():
                 run["models"].setdefault(name, {}).setdefault("audit", audit)
+        if self.state.baseline is not None:
+            run["baseline"] = self._against_baseline(records, run["models"])
+        run["cache"] = _cache_totals(records)
+        run["cache_dir"] = str(self.state.cache_dir) if self.state.cache_dir else None
         cases = [_without_audits(r.to_dict()) for r in records]
-        self.written = write_run(self.state.report_dir, run, cases, synthesize(cases))
+        folder = history.publish(self.state.report_dir, self.state.run_id,
+                                 lambda out: write_run(out, run, cases, synthesize(cases)))
+        if self.state.update_baseline:
+            history.promote(self.state.report_dir, folder)
+        self.written = {kind: folder / name for kind, name in
+                        (("html", "verdict.html"), ("json", "verdicts.json"), ("folder", "."))}
+        self.run = run
+
+    def _against_baseline(self, records: list[CaseResult], models: dict[str, dict]) -> dict[str, Any]:
+        """The run's side of the comparison: which baseline, which models changed, which cases are gone.
+        Cases that errored before enforce() get their change here."""
+        baseline = self.state.baseline
+        for record in records:
+            if record.change is None:
+                note_change(record, baseline)
+        current = {r.case_id for r in records}
+        return {"id": baseline.run_id, "folder": str(baseline.folder),
+                "fingerprint_changes": fingerprint_changes(baseline, models),
+                "gone": sorted(set(baseline.cases) - current)}
 
     def _registry(self) -> dict[str, ModelEntry]:
         """Under xdist the controller collects nothing; read the registry here too."""
@@ -179,9 +253,28 @@ class RecordKeeper:
             return {}
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.written:
-            terminalreporter.write_sep("-", "verdict report")
-            terminalreporter.write_line(f"{self.written['html']}  (with verdicts.json, verdicts.csv and junit.xml)")
+        if not self.written:
+            return
+        terminalreporter.write_sep("-", "verdict report")
+        terminalreporter.write_line(f"{self.written['html']}  (with verdicts.json, verdicts.csv and junit.xml)")
+        if self.state.update_baseline:
+            terminalreporter.write_line(f"promoted to the baseline: {self.state.report_dir / 'baseline'}")
+        against = self.run.get("baseline")
+        if against:
+            kinds = Counter((r.change or {}).get("kind") for r in self.records.values())
+            changed = ", ".join(against["fingerprint_changes"]) or "none"
+            terminalreporter.write_line(
+                f"since baseline {against['id']}: {kinds['flip']} regression(s), {kinds['drift']} drift(s), "
+                f"{kinds['new']} new, {len(against['gone'])} gone; models with a new fingerprint: {changed}")
+
+
+def _cache_totals(records: list[CaseResult]) -> dict[str, dict[str, int]]:
+    """Per model, the probe outputs the run took from the disk cache and those it computed."""
+    totals: dict[str, Counter] = {}
+    for record in records:
+        for model, counts in record.cache.items():
+            totals.setdefault(model, Counter()).update(counts)
+    return {model: {"reused": c["reused"], "computed": c["computed"]} for model, c in totals.items()}
 
 
 def _without_audits(case: dict) -> dict:

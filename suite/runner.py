@@ -19,13 +19,14 @@ def skeleton(case: Case) -> CaseResult:
     return CaseResult(case_id=case.case_id, hypothesis=spec.id, probe=spec.probe, claim=spec.claim,
                       params=params, verdict="error", reason="the case raised before reaching a verdict",
                       expected=case.expected.verdict if case.expected else None,
-                      threshold=threshold_of(spec.pass_rule), side=CHECKS[spec.probe].side)
+                      threshold=threshold_of(spec.pass_rule), side=CHECKS[spec.probe].side,
+                      tolerance=dict(spec.tolerance))
 
 
 def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> CaseResult:
     """Fill `record` (or a fresh skeleton) with the case's evidence and verdict."""
     record = record or skeleton(case)
-    start = time.perf_counter()
+    start, cached = time.perf_counter(), ctx.cache_snapshot()
     try:
         evidence = CHECKS[case.spec.probe].run(case, ctx)
     except Inconclusive as exc:
@@ -39,6 +40,7 @@ def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> C
         record.null, record.seed, record.details = evidence.null, evidence.seed, dict(evidence.details)
     finally:
         record.seconds = round(time.perf_counter() - start, 3)
+        record.cache = ctx.cache_since(cached)
     return record
 
 

@@ -1,8 +1,11 @@
-"""The state one run shares across its cases: models loaded once, probe outputs computed once,
-and each model's audit (what it really computes) measured once."""
+"""The state one run shares across its cases: models loaded once, probe outputs computed once
+(and kept on disk across runs, keyed by model fingerprint: suite/cache.py), and each model's
+audit (what it really computes) measured once per run; the audit is never taken from disk,
+so a library upgrade that changes what a model computes shows in the next run."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from probes.representations import Readout, cell_sets, hidden_width, per_set_shi
 from probes.routing import encoder_jacobians, pert_jacobians, streaming_gram
 from probes.sae import SparseAutoencoder, load_sae
 
-from .cache import ArrayCache, cache_key
+from .cache import ArrayCache
 from .errors import Inconclusive, ModelLoadError
 
 T = TypeVar("T")
@@ -49,6 +52,7 @@ class RunContext:
         self.cache = cache or ArrayCache(None)
         self._models: dict[str, LoadedModel] = {}
         self._memo: dict[Hashable, object] = {}
+        self.cache_counts: dict[str, Counter] = {}    # model -> probe outputs "reused" from disk / "computed"
 
     def model(self, name: str) -> LoadedModel:
         if name not in self._models:
@@ -60,6 +64,30 @@ class RunContext:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
+
+    def stored(self, kind: str, name: str, compute: Callable[[], np.ndarray], **parts: Hashable) -> np.ndarray:
+        """compute() once per run, and once per model fingerprint, parameters and library versions on disk."""
+        def load() -> np.ndarray:
+            key = self.cache.key(kind, fingerprint=self.model(name).fingerprint, **parts)
+            found = self.cache.get(key)
+            self._tally(name, found is not None)
+            if found is None:
+                found = compute()
+                self.cache.put(key, found)
+            return found
+
+        return self.memo((kind, name, *sorted(parts.items())), load)
+
+    def cache_snapshot(self) -> dict[str, Counter]:
+        return {name: Counter(counts) for name, counts in self.cache_counts.items()}
+
+    def cache_since(self, snapshot: dict[str, Counter]) -> dict[str, dict[str, int]]:
+        """Per model, the probe outputs reused and computed since `snapshot`."""
+        changes = {name: counts - snapshot.get(name, Counter()) for name, counts in self.cache_counts.items()}
+        return {name: {"reused": c["reused"], "computed": c["computed"]} for name, c in changes.items() if c}
+
+    def _tally(self, name: str, reused: bool, n: int = 1) -> None:
+        self.cache_counts.setdefault(name, Counter())["reused" if reused else "computed"] += n
 
     def audit(self, name: str) -> model_audit.ModelAudit:
         model = self.model(name)
@@ -82,7 +110,8 @@ class RunContext:
             return output_shifts(model.module, model.pert_onehots, model.pert_index(model.control_pert), cells,
                                  orderings=orders)
 
-        return self.memo(("output_shifts", name, size, seed, n_orderings, sampling), compute)
+        return self.stored("output_shifts", name, compute, size=size, seed=seed, orderings=n_orderings,
+                           sampling=sampling)
 
     def sae(self, name: str) -> tuple[SparseAutoencoder, int]:
         """The registry's SAE of this model and the layer it reads, checked against that layer's width."""
@@ -113,7 +142,8 @@ class RunContext:
             return per_set_shifts(model.module, model.pert_onehots, model.pert_index(model.control_pert), sets,
                                   Readout(kind, layer, sae), random_orderings(size, n_orderings, seed))
 
-        return self.memo(("representations", name, kind, layer, n_sets, size, seed, n_orderings), compute)
+        return self.stored("representations", name, compute, readout=kind, layer=layer, sets=n_sets, size=size,
+                           seed=seed, orderings=n_orderings)
 
     def jacobians(self, name: str, kds: tuple[str, ...], regulators: tuple[str, ...], mode: str, size: int,
                   seed: int, n_orderings: int) -> np.ndarray:
@@ -121,6 +151,13 @@ class RunContext:
         rows are computed once per run for a given regulator set and mode."""
         model = self.model(name)
         keys = {kd: ("jacobian", name, kd, regulators, mode, size, seed, n_orderings) for kd in kds}
+        disk = {kd: self.cache.key("targeted_jacobian", fingerprint=model.fingerprint, kd=kd, regulators=regulators,
+                                   mode=mode, size=size, seed=seed, orderings=n_orderings) for kd in kds}
+        for kd in [kd for kd in kds if keys[kd] not in self._memo]:
+            found = self.cache.get(disk[kd])
+            if found is not None:
+                self._memo[keys[kd]] = found
+                self._tally(name, True)
         missing = [kd for kd in kds if keys[kd] not in self._memo]
         if missing:
             cells = sample_cells(model.cells, size, seed)
@@ -129,7 +166,10 @@ class RunContext:
             genes = [model.gene_names.index(g) for g in regulators]
             orders = random_orderings(size, n_orderings, seed)
             rows = targeted_jacobians(model.module, cells, reprs, genes, mode, orders)
-            self._memo.update({keys[kd]: row for kd, row in zip(missing, rows, strict=True)})
+            for kd, row in zip(missing, rows, strict=True):
+                self._memo[keys[kd]] = row
+                self.cache.put(disk[kd], row)
+            self._tally(name, False, len(missing))
         return np.stack([self._memo[keys[kd]] for kd in kds])
 
     def knockouts(self, name: str, genes: tuple[str, ...], perturbation: str, size: int, seed: int,
@@ -145,15 +185,16 @@ class RunContext:
 
             return self.memo(("knockout_file", name), load)
 
-        def compute() -> tuple[np.ndarray, tuple[str, ...], str]:
+        def compute() -> np.ndarray:
             cells = sample_cells(model.cells, size, seed)
             with torch.no_grad():
                 rep = model.module.pert_encoder(model.pert_onehots[model.pert_index(perturbation)][None])[0]
-            rows = knockout_matrix(model.module, cells, rep, [model.gene_names.index(g) for g in genes],
+            return knockout_matrix(model.module, cells, rep, [model.gene_names.index(g) for g in genes],
                                    random_orderings(size, n_orderings, seed))
-            return rows, genes, f"predicted on {size} control cells under {perturbation}"
 
-        return self.memo(("knockout", name, genes, perturbation, size, seed, n_orderings), compute)
+        rows = self.stored("knockout", name, compute, genes=genes, perturbation=perturbation, size=size, seed=seed,
+                           orderings=n_orderings)
+        return rows, genes, f"predicted on {size} control cells under {perturbation}"
 
     def routing(self, name: str, size: int, seed: int, sampling: str, n_orderings: int) -> Routing:
         """Every KD's Jacobian and their Gram, from the disk cache when this model, cell sample and
@@ -168,10 +209,12 @@ class RunContext:
                 reprs = model.module.pert_encoder(model.pert_onehots[[model.pert_index(k) for k in kds]])
             orders = random_orderings(size, n_orderings, seed)
             shape = (len(kds), len(model.gene_names), reprs.shape[1])
-            jac = self.cache.filled(cache_key("pert_jacobians", **parts), shape,
+            hits = len(self.cache.hits)
+            jac = self.cache.filled(self.cache.key("pert_jacobians", **parts), shape,
                                     lambda out: pert_jacobians(model.module, cells, reprs, orders, out=out,
                                                                kd_chunk=kd_chunk(self.device, size, reprs.shape[1])))
-            gram = self.cache.array(cache_key("jacobian_gram", **parts), lambda: streaming_gram(jac))
+            gram = self.cache.array(self.cache.key("jacobian_gram", **parts), lambda: streaming_gram(jac))
+            self._tally(name, len(self.cache.hits) - hits == 2)
             return Routing(kds, jac, gram, f"{size} {sampling} control cells, {n_orderings} ordering(s), seed {seed}")
 
         return self.memo(("routing", name, size, seed, sampling, n_orderings), compute)

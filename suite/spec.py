@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import fields
+from .baseline import DEFAULT_TOLERANCE, METRICS
 from .checks import CHECKS
 from .errors import SpecError, close_matches
 from .panels import Panel, load_panels
@@ -61,6 +62,7 @@ class HypothesisSpec:
     line: int | None
     axes_line: int | None = None
     expected_lines: tuple[int | None, ...] = field(default=())
+    tolerance: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TOLERANCE))
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class _RawHypothesis:
     pass_rule: PassRule | None = None
     expected: tuple[Expectation, ...] = ()
     panels: tuple[str, ...] | None = None
+    tolerance: dict | None = None          # metric -> how far it may move from the baseline run (drift)
 
 
 @dataclass(frozen=True)
@@ -142,10 +145,21 @@ def _read_hypothesis(item: Any, path: Path, default_panels: tuple[str, ...],
     for i, exp in enumerate(raw.expected):
         _check_expectation(exp, check.axes, panels, where.child(f"expected[{i}]"), item["expected"], i)
     rule = raw.pass_rule if raw.pass_rule is not None else check.default_rule(params)
+    tolerance = _read_tolerance(raw.tolerance, where, item) if raw.tolerance is not None else dict(DEFAULT_TOLERANCE)
     return HypothesisSpec(raw.id, " ".join(raw.claim.split()), raw.probe, axes, params, rule,
                           raw.expected, panels, str(path), item.line_of("id"),
                           item.line_of("axes"), tuple(item["expected"].line_of(i) for i in range(len(raw.expected)))
-                          if raw.expected else ())
+                          if raw.expected else (), tolerance)
+
+
+def _read_tolerance(value: Any, where: fields.Where, item: LineDict) -> dict[str, float]:
+    tolerance = fields.expect_mapping(value, where.child("tolerance"), item, "tolerance")
+    fields.reject_unknown(tolerance, METRICS, where.child("tolerance"))
+    for metric, limit in tolerance.items():
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
+            raise where.child("tolerance").error(f"'{metric}' must be a number >= 0 (how far it may move from the "
+                                                 f"baseline before it is reported as drift)", tolerance, metric)
+    return {metric: float(limit) for metric, limit in tolerance.items()}
 
 
 def _read_axes(value: Any, wanted: tuple[str, ...], where: fields.Where, parent: LineDict) -> dict[str, Any]:

@@ -69,6 +69,9 @@ class CaseResult:
     audits: dict[str, dict] = field(default_factory=dict)   # audit of each model the case used
     side: str | None = None        # "organized" / "routed": its probe's half of the dual-probe synthesis
     baseline: str | None = None    # the verdict of the same case in the baseline run, when one is given
+    change: dict[str, Any] | None = None     # how it differs from the baseline (suite/baseline.py)
+    tolerance: dict[str, float] = field(default_factory=dict)   # what counts as drift
+    cache: dict[str, dict[str, int]] = field(default_factory=dict)   # per model: probe outputs reused / computed
 
     def to_dict(self) -> dict[str, Any]:
         return _finite(asdict(self))

@@ -41,9 +41,11 @@ def demo_run(demo_registry) -> RunContext:
 
 @pytest.fixture(scope="session")
 def demo_report(tmp_path_factory) -> Path:
-    """The README's first command, run once: every hypothesis on the demo; its report folder."""
-    folder = tmp_path_factory.mktemp("demo-run") / "report"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--report-dir={folder}"]
+    """The README's first command, run once: every hypothesis on the demo; its run folder
+    (probe outputs cached in demo-run/cache, for the tests that rerun it)."""
+    folder = tmp_path_factory.mktemp("demo-run")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--report-dir={folder / 'reports'}",
+               f"--cache-dir={folder / 'cache'}"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    return folder
+    return folder / "reports" / "latest"

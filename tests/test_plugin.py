@@ -56,8 +56,8 @@ def demo_run_result(tmp_path_factory):
     (folder / "hyp" / "panels").mkdir(parents=True)
     (folder / "hyp" / "spec.yaml").write_text(dedent(HYPOTHESES))
     (folder / "hyp" / "panels" / "extra.yaml").write_text(dedent(PANEL_EXTRA))
-    result = run_pytest(f"--hypotheses={folder / 'hyp'}", f"--report-dir={folder / 'report'}")
-    return result, folder / "report"
+    result = run_pytest(f"--hypotheses={folder / 'hyp'}", f"--report-dir={folder / 'reports'}")
+    return result, folder / "reports" / "latest"
 
 
 def test_cases_have_readable_ids_and_verdicts_map_to_outcomes(demo_run_result):
@@ -159,7 +159,7 @@ def test_path_option_outside_the_repo_needs_an_equals_sign(tmp_path):
 
 def test_xdist_workers_give_the_same_record(demo_run_result, tmp_path):
     _, report = demo_run_result
-    parallel = run_pytest("-n", "2", f"--hypotheses={report.parent / 'hyp'}", f"--report-dir={tmp_path}")
+    parallel = run_pytest("-n", "2", f"--hypotheses={report.parent.parent / 'hyp'}", f"--report-dir={tmp_path}")
     assert parallel.returncode == 1, parallel.stdout
 
     def verdicts(folder):
@@ -167,4 +167,4 @@ def test_xdist_workers_give_the_same_record(demo_run_result, tmp_path):
         cases = {c["case_id"]: (c["verdict"], c["outcome"], c["p"], c["q"]) for c in document["cases"]}
         return cases, sorted(document["run"]["models"])
 
-    assert verdicts(tmp_path) == verdicts(report)
+    assert verdicts(tmp_path / "latest") == verdicts(report)
