@@ -12,7 +12,8 @@ from suite.baseline import Baseline
 from suite.cache import ArrayCache
 from suite.cases import Case
 from suite.errors import SuiteError
-from suite.plugin import RECORD, STATE, collect_cases, marks_for
+from suite.keeper import RECORD
+from suite.plugin import STATE, collect_cases, marks_for
 from suite.runinfo import versions
 from suite.runner import skeleton
 from suite.session import RunContext

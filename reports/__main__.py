@@ -1,6 +1,7 @@
-"""Re-render a run's files from its verdicts.json (after a template change, or to rebuild a lost HTML):
+"""Work on kept runs without running the suite:
 
-    .venv/bin/python -m reports reports/latest
+    .venv/bin/python -m reports render reports/latest          # re-render a run's files from its verdicts.json
+    .venv/bin/python -m reports promote reports latest         # make a run (latest, a run id, a folder) the baseline
 """
 
 from __future__ import annotations
@@ -9,16 +10,38 @@ import argparse
 import json
 from pathlib import Path
 
+from . import history
 from .record import write_run
+
+
+def render(folder: Path) -> None:
+    document = json.loads((folder / "verdicts.json").read_text())
+    written = write_run(folder, document["run"], document["cases"], document.get("synthesis"))
+    print(written["html"])
+
+
+def promote(root: Path, which: str) -> None:
+    folder = history.resolve(root, which)
+    history.promote(root, folder)
+    print(f"{root / 'baseline'} -> {folder}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.splitlines()[0])
-    parser.add_argument("run_folder", type=Path, help="a folder holding verdicts.json")
-    folder = parser.parse_args().run_folder
-    document = json.loads((folder / "verdicts.json").read_text())
-    written = write_run(folder, document["run"], document["cases"], document.get("synthesis"))
-    print(written["html"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("render", help="re-render a run folder from its verdicts.json").add_argument(
+        "folder", type=Path)
+    promoting = commands.add_parser("promote", help="make a kept run the baseline (REPORTS_DIR/baseline)")
+    promoting.add_argument("root", type=Path, help="the reports folder (--report-dir of the runs)")
+    promoting.add_argument("run", help="latest, a run id, or a run folder")
+    args = parser.parse_args()
+    try:
+        if args.command == "render":
+            render(args.folder)
+        else:
+            promote(args.root, args.run)
+    except FileNotFoundError as exc:
+        parser.exit(2, f"python -m reports: {exc}\n")
 
 
 if __name__ == "__main__":

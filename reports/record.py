@@ -6,10 +6,12 @@ verdicts.json::
      "run": {"id", "started", "finished", "suite_commit", "device", "versions",
              "models": {name: {"model_dir", "checkpoint", "cells", "cell_line", "split", "fingerprint"}},
              "counts": {"pass": .., "fail": .., "inconclusive": .., "error": .., "xfailed": .., ...,
-                        "unexpected": .., "regressions": .. (with a baseline)}},
+                        "unexpected": .., "regressions": .., "drift": .. (with a baseline)},
+             "cache": {model: {"reused", "computed"}},
+             "baseline": {"id", "folder", "fingerprint_changes", "gone"} (with --baseline)},
      "synthesis": {"rule", "alpha", "grids": [{"name", "kind", "columns", "rows", "overall"}]},
      "cases": [CaseResult fields: case_id, hypothesis, probe, side, params, statistic, value, effect,
-               ci, p, q, n, verdict, expected, baseline, outcome, reason, seconds, ...]}
+               ci, p, q, n, verdict, expected, baseline, change, outcome, reason, seconds, ...]}
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from .junit import to_junit
 
 SCHEMA_VERSION = 1
 CSV_COLUMNS = ("case_id", "hypothesis", "probe", "side", "model", "pathway", "verdict", "expected", "baseline",
-               "outcome", "statistic", "value", "effect", "ci_low", "ci_high", "p", "q", "n", "null", "seed", "reason",
-               "seconds")
+               "change", "outcome", "statistic", "value", "effect", "ci_low", "ci_high", "p", "q", "n", "null", "seed",
+               "reason", "seconds")
 
 
 def counts(cases: list[dict[str, Any]]) -> dict[str, int]:
@@ -66,7 +68,8 @@ def to_csv(cases: list[dict[str, Any]]) -> str:
     for case in cases:
         params = case.get("params", {})
         ci = case.get("ci") or [None, None]
-        writer.writerow({**case, "model": params.get("model") or params.get("model_pair"),
+        writer.writerow({**case, "change": (case.get("change") or {}).get("kind"),
+                         "model": params.get("model") or params.get("model_pair"),
                          "pathway": params.get("pathway"), "ci_low": ci[0], "ci_high": ci[1],
                          "n": json.dumps(case.get("n", {}), sort_keys=True)})
     return buffer.getvalue()

@@ -15,7 +15,10 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .verdicts import CaseResult
 
 DEFAULT_TOLERANCE = {"effect": 0.05}
 METRICS = ("value", "effect", "p")
@@ -54,6 +57,25 @@ def compare(case: dict[str, Any], old: dict[str, Any] | None, tolerance: dict[st
         return Change("flip", kept, _moved(case, old, tolerance))
     moved = _moved(case, old, tolerance)
     return Change("drift" if moved else "steady", kept, moved)
+
+
+def note_change(record: CaseResult, baseline: Baseline) -> None:
+    """Fill a record's baseline verdict and its change since the baseline."""
+    old = baseline.cases.get(record.case_id)
+    record.baseline = old["verdict"] if old else None
+    record.change = compare(record.to_dict(), old, record.tolerance).to_dict()
+
+
+def against_baseline(baseline: Baseline, records: list[CaseResult], models: dict[str, dict]) -> dict[str, Any]:
+    """The run's side of the comparison: which baseline, which models changed, which cases are gone.
+    Records that errored before the test compared them are compared here."""
+    for record in records:
+        if record.change is None:
+            note_change(record, baseline)
+    current = {r.case_id for r in records}
+    return {"id": baseline.run_id, "folder": str(baseline.folder),
+            "fingerprint_changes": fingerprint_changes(baseline, models),
+            "gone": sorted(set(baseline.cases) - current)}
 
 
 def regression_message(case: dict[str, Any], change: dict[str, Any], baseline_id: str) -> str:

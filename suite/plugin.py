@@ -4,18 +4,15 @@ Options: --models, --hypotheses, --report-dir, --device, --cell-orderings, --bas
 --update-baseline, --cache-dir, --no-cache. conftest.py turns the YAML hypotheses into
 `test_hypothesis` cases with pytest_generate_tests (so fixtures, -k/-m, ids and xdist keep
 working). Each case's record rides on its test report (user_properties, as JSON, so xdist
-can carry it); the RecordKeeper in the controlling process collects them and publishes the
-run (reports/history.py) at the end.
+can carry it); the RecordKeeper (keeper.py) in the controlling process collects them and
+publishes the run (reports/history.py) at the end.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,19 +20,16 @@ from fixtures.arc_state import declared_backbone
 from fixtures.registry import ModelEntry, load_registry
 from reports import history
 
-from .baseline import Baseline, compare, fingerprint_changes, load_baseline, regression_message
+from .baseline import Baseline, load_baseline, note_change, regression_message
 from .cases import Case, ModelInfo, expand_all
 from .checks import CHECKS
 from .errors import SuiteError
-from .runinfo import new_run_id, run_info
+from .keeper import RecordKeeper
+from .runinfo import new_run_id
 from .spec import load_spec_dir
-from .stats import benjamini_hochberg
-from .synthesis import synthesize
 from .verdicts import CaseResult
 
 ROOT = Path(__file__).resolve().parent.parent
-PROPERTY = "st_case"
-RECORD = pytest.StashKey[CaseResult]()
 
 
 class HypothesisFailed(AssertionError):
@@ -167,129 +161,8 @@ def enforce(record: CaseResult, baseline: Baseline | None = None) -> None:
         raise HypothesisFailed(failure_text(record))
 
 
-def note_change(record: CaseResult, baseline: Baseline) -> None:
-    old = baseline.cases.get(record.case_id)
-    record.baseline = old["verdict"] if old else None
-    record.change = compare(record.to_dict(), old, record.tolerance).to_dict()
-
-
 def failure_text(r: CaseResult) -> str:
     ci = f"[{r.ci[0]:.3g}, {r.ci[1]:.3g}]" if r.ci and None not in r.ci else "n/a"
     p = f"{r.p:.4g}" if r.p is not None else "n/a"
     return (f"{r.case_id}: verdict fail ({r.reason})\n  claim: {r.claim}\n  {r.statistic} = {r.value:.4g}; "
             f"effect {r.effect:.4g}, 95% CI {ci}; p = {p}\n  n = {r.n}; null: {r.null}")
-
-
-class RecordKeeper:
-    """Collects case records from test reports and writes the run record at the end."""
-
-    def __init__(self, state: SuiteState) -> None:
-        self.state = state
-        self.records: dict[str, CaseResult] = {}
-        self.written: dict[str, Path] | None = None
-        self.run: dict[str, Any] = {}
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: Any):
-        report = yield
-        record = item.stash.get(RECORD, None)
-        if record is not None:
-            report.user_properties.append((PROPERTY, json.dumps(record.to_dict())))
-        return report
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        payload = [v for k, v in report.user_properties if k == PROPERTY]
-        if not payload or (report.when != "call" and report.passed):
-            return
-        record = CaseResult.from_dict(json.loads(payload[-1]))
-        record.outcome = _outcome(report)
-        if record.verdict == "error" and report.failed:
-            record.reason = _error_message(report)
-        self.records.setdefault(record.case_id, record)
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if hasattr(session.config, "workerinput") or not self.records:
-            return
-        from reports.record import write_run
-
-        records = list(self.records.values())
-        for record, q in zip(records, benjamini_hochberg([r.p for r in records]), strict=True):
-            record.q = q
-        run = run_info(self.state.run_id, self.state.started, self.state.device_choice,
-                       self.state.models_path, self.state.registry or self._registry())
-        for record in records:   # each model's audit travels with the cases that used it
-            for name, audit in record.audits.items():
-                run["models"].setdefault(name, {}).setdefault("audit", audit)
-        if self.state.baseline is not None:
-            run["baseline"] = self._against_baseline(records, run["models"])
-        run["cache"] = _cache_totals(records)
-        run["cache_dir"] = str(self.state.cache_dir) if self.state.cache_dir else None
-        cases = [_without_audits(r.to_dict()) for r in records]
-        folder = history.publish(self.state.report_dir, self.state.run_id,
-                                 lambda out: write_run(out, run, cases, synthesize(cases)))
-        if self.state.update_baseline:
-            history.promote(self.state.report_dir, folder)
-        self.written = {kind: folder / name for kind, name in
-                        (("html", "verdict.html"), ("json", "verdicts.json"), ("folder", "."))}
-        self.run = run
-
-    def _against_baseline(self, records: list[CaseResult], models: dict[str, dict]) -> dict[str, Any]:
-        """The run's side of the comparison: which baseline, which models changed, which cases are gone.
-        Cases that errored before enforce() get their change here."""
-        baseline = self.state.baseline
-        for record in records:
-            if record.change is None:
-                note_change(record, baseline)
-        current = {r.case_id for r in records}
-        return {"id": baseline.run_id, "folder": str(baseline.folder),
-                "fingerprint_changes": fingerprint_changes(baseline, models),
-                "gone": sorted(set(baseline.cases) - current)}
-
-    def _registry(self) -> dict[str, ModelEntry]:
-        """Under xdist the controller collects nothing; read the registry here too."""
-        try:
-            return load_registry(self.state.models_path)
-        except SuiteError:
-            return {}
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.written:
-            return
-        terminalreporter.write_sep("-", "verdict report")
-        terminalreporter.write_line(f"{self.written['html']}  (with verdicts.json, verdicts.csv and junit.xml)")
-        if self.state.update_baseline:
-            terminalreporter.write_line(f"promoted to the baseline: {self.state.report_dir / 'baseline'}")
-        against = self.run.get("baseline")
-        if against:
-            kinds = Counter((r.change or {}).get("kind") for r in self.records.values())
-            changed = ", ".join(against["fingerprint_changes"]) or "none"
-            terminalreporter.write_line(
-                f"since baseline {against['id']}: {kinds['flip']} regression(s), {kinds['drift']} drift(s), "
-                f"{kinds['new']} new, {len(against['gone'])} gone; models with a new fingerprint: {changed}")
-
-
-def _cache_totals(records: list[CaseResult]) -> dict[str, dict[str, int]]:
-    """Per model, the probe outputs the run took from the disk cache and those it computed."""
-    totals: dict[str, Counter] = {}
-    for record in records:
-        for model, counts in record.cache.items():
-            totals.setdefault(model, Counter()).update(counts)
-    return {model: {"reused": c["reused"], "computed": c["computed"]} for model, c in totals.items()}
-
-
-def _without_audits(case: dict) -> dict:
-    return {k: v for k, v in case.items() if k != "audits"}
-
-
-def _error_message(report: pytest.TestReport) -> str:
-    crash = getattr(report.longrepr, "reprcrash", None)
-    message = getattr(crash, "message", None) or report.longreprtext.strip().splitlines()[-1]
-    return message[:2000]
-
-
-def _outcome(report: pytest.TestReport) -> str:
-    if hasattr(report, "wasxfail"):
-        return "xfailed" if report.skipped else "xpassed"
-    if report.failed and "XPASS(strict)" in (report.longreprtext or ""):
-        return "xpassed-strict"
-    return report.outcome

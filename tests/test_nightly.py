@@ -8,12 +8,14 @@ ground truth says (er_secretory is a program of hepg2 only).
 
 import json
 import shutil
+import subprocess
+import sys
 from textwrap import dedent
 
 import pytest
 import yaml
 
-from .helpers import DEMO, PANELS
+from .helpers import DEMO, PANELS, ROOT
 from .test_plugin import run_pytest
 
 TRUTH = yaml.safe_load((DEMO / "ground_truth.yaml").read_text())
@@ -150,3 +152,30 @@ def test_parallel_demo_run_gives_the_serial_verdicts(demo_report, tmp_path):
     serial, together = cases(demo_report), cases(tmp_path / "latest")
     assert sorted(c["case_id"] for c in together) == sorted(c["case_id"] for c in serial)
     assert sorted(together, key=lambda c: c["case_id"]) == sorted(serial, key=lambda c: c["case_id"])
+
+
+def test_the_nightly_script_compares_with_the_promoted_baseline_only(tmp_path):
+    shutil.copytree(DEMO / "models/hepg2_fewshot", tmp_path / "models/hepg2_fewshot")
+    (tmp_path / "models.yaml").write_text(_registry(tmp_path / "models"))
+    (tmp_path / "hyp").mkdir()
+    (tmp_path / "hyp/spec.yaml").write_text(HYPOTHESES.split("  - id: output-shift-coherence")[0])
+    reports = tmp_path / "reports"
+
+    def night() -> subprocess.CompletedProcess:
+        command = ["bash", str(ROOT / "scripts/nightly.sh"), str(tmp_path / "models.yaml"), str(reports), "--",
+                   f"--hypotheses={tmp_path / 'hyp'}", f"--cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider"]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    first = night()
+    assert first.returncode == 0 and "no promoted baseline" in first.stdout, first.stdout[-2000:]
+    promote = subprocess.run([sys.executable, "-m", "reports", "promote", str(reports), "latest"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert promote.returncode == 0, promote.stderr
+    shutil.rmtree(tmp_path / "models/hepg2_fewshot")
+    shutil.copytree(DEMO / "models/hepg2_zeroshot", tmp_path / "models/hepg2_fewshot")
+    second = night()
+    assert second.returncode == 1 and "1 regression(s)" in second.stdout, second.stdout[-2000:]
+    third = night()                       # still against the promoted night, not the failing one
+    assert third.returncode == 1 and "1 regression(s)" in third.stdout
+    assert (reports / "baseline").resolve() != (reports / "latest").resolve()
+    assert len(list((reports / "runs").iterdir())) == 3

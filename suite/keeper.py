@@ -1,0 +1,130 @@
+"""The run's record keeper: collects each case's record from its test report (also from xdist
+workers) and, at the end of the session, publishes the run (reports/history.py) and says where."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from fixtures.registry import ModelEntry, load_registry
+from reports import history
+
+from .baseline import against_baseline
+from .errors import SuiteError
+from .runinfo import run_info
+from .stats import benjamini_hochberg
+from .synthesis import synthesize
+from .verdicts import CaseResult
+
+if TYPE_CHECKING:
+    from .plugin import SuiteState
+
+PROPERTY = "st_case"
+RECORD = pytest.StashKey[CaseResult]()
+
+
+class RecordKeeper:
+    """Collects case records from test reports and writes the run record at the end."""
+
+    def __init__(self, state: SuiteState) -> None:
+        self.state = state
+        self.records: dict[str, CaseResult] = {}
+        self.written: dict[str, Path] | None = None
+        self.run: dict[str, Any] = {}
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any):
+        report = yield
+        record = item.stash.get(RECORD, None)
+        if record is not None:
+            report.user_properties.append((PROPERTY, json.dumps(record.to_dict())))
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        payload = [v for k, v in report.user_properties if k == PROPERTY]
+        if not payload or (report.when != "call" and report.passed):
+            return
+        record = CaseResult.from_dict(json.loads(payload[-1]))
+        record.outcome = _outcome(report)
+        if record.verdict == "error" and report.failed:
+            record.reason = _error_message(report)
+        self.records.setdefault(record.case_id, record)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if hasattr(session.config, "workerinput") or not self.records:
+            return
+        from reports.record import write_run
+
+        records = list(self.records.values())
+        for record, q in zip(records, benjamini_hochberg([r.p for r in records]), strict=True):
+            record.q = q
+        run = run_info(self.state.run_id, self.state.started, self.state.device_choice,
+                       self.state.models_path, self.state.registry or self._registry())
+        for record in records:   # each model's audit travels with the cases that used it
+            for name, audit in record.audits.items():
+                run["models"].setdefault(name, {}).setdefault("audit", audit)
+        if self.state.baseline is not None:
+            run["baseline"] = against_baseline(self.state.baseline, records, run["models"])
+        run["cache"] = _cache_totals(records)
+        run["cache_dir"] = str(self.state.cache_dir) if self.state.cache_dir else None
+        cases = [_without_audits(r.to_dict()) for r in records]
+        folder = history.publish(self.state.report_dir, self.state.run_id,
+                                 lambda out: write_run(out, run, cases, synthesize(cases)))
+        if self.state.update_baseline:
+            history.promote(self.state.report_dir, folder)
+        self.written = {kind: folder / name for kind, name in
+                        (("html", "verdict.html"), ("json", "verdicts.json"), ("folder", "."))}
+        self.run = run
+
+    def _registry(self) -> dict[str, ModelEntry]:
+        """Under xdist the controller collects nothing; read the registry here too."""
+        try:
+            return load_registry(self.state.models_path)
+        except SuiteError:
+            return {}
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.written:
+            return
+        terminalreporter.write_sep("-", "verdict report")
+        terminalreporter.write_line(f"{self.written['html']}  (with verdicts.json, verdicts.csv and junit.xml)")
+        if self.state.update_baseline:
+            terminalreporter.write_line(f"promoted to the baseline: {self.state.report_dir / 'baseline'}")
+        against = self.run.get("baseline")
+        if against:
+            kinds = Counter((r.change or {}).get("kind") for r in self.records.values())
+            changed = ", ".join(against["fingerprint_changes"]) or "none"
+            terminalreporter.write_line(
+                f"since baseline {against['id']}: {kinds['flip']} regression(s), {kinds['drift']} drift(s), "
+                f"{kinds['new']} new, {len(against['gone'])} gone; models with a new fingerprint: {changed}")
+
+
+def _cache_totals(records: list[CaseResult]) -> dict[str, dict[str, int]]:
+    """Per model, the probe outputs the run took from the disk cache and those it computed."""
+    totals: dict[str, Counter] = {}
+    for record in records:
+        for model, counts in record.cache.items():
+            totals.setdefault(model, Counter()).update(counts)
+    return {model: {"reused": c["reused"], "computed": c["computed"]} for model, c in totals.items()}
+
+
+def _without_audits(case: dict) -> dict:
+    return {k: v for k, v in case.items() if k != "audits"}
+
+
+def _error_message(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None) or report.longreprtext.strip().splitlines()[-1]
+    return message[:2000]
+
+
+def _outcome(report: pytest.TestReport) -> str:
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    if report.failed and "XPASS(strict)" in (report.longreprtext or ""):
+        return "xpassed-strict"
+    return report.outcome
