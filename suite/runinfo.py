@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import torch
+
 from fixtures.arc_state import model_fingerprint
 from fixtures.device import describe, resolve_device
 from fixtures.registry import ModelEntry
@@ -26,7 +28,7 @@ def run_info(run_id: str, started: str, device_choice: str, registry_path: Path,
              registry: dict[str, ModelEntry]) -> dict:
     return {"id": run_id, "started": started, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "suite_commit": git_commit(), "device": _device_text(device_choice),
-            "models_registry": str(registry_path), "versions": versions(),
+            "models_registry": str(registry_path), "versions": versions(), "determinism": determinism(),
             "models": {name: model_summary(entry) for name, entry in registry.items()}}
 
 
@@ -61,6 +63,14 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[package] = "not installed"
     return found
+
+
+def determinism() -> dict[str, object]:
+    """The torch settings that decide whether reruns give the same bits."""
+    cudnn = torch.backends.cudnn
+    return {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": cudnn.deterministic, "cudnn_benchmark": cudnn.benchmark,
+            "torch_threads": torch.get_num_threads(), "matmul_precision": torch.get_float32_matmul_precision()}
 
 
 def _device_text(choice: str) -> str:

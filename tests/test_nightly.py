@@ -179,3 +179,20 @@ def test_the_nightly_script_compares_with_the_promoted_baseline_only(tmp_path):
     assert third.returncode == 1 and "1 regression(s)" in third.stdout
     assert (reports / "baseline").resolve() != (reports / "latest").resolve()
     assert len(list((reports / "runs").iterdir())) == 3
+
+
+def test_the_same_run_twice_gives_identical_statistics(tmp_path):
+    """No cache: both runs compute everything; seeds fix every draw, so every number repeats."""
+    (tmp_path / "hyp").mkdir()
+    (tmp_path / "hyp/spec.yaml").write_text(HYPOTHESES)
+    records = []
+    for night in ("a", "b"):
+        result = run_pytest(f"--hypotheses={tmp_path / 'hyp'}", f"--report-dir={tmp_path / night}", "--no-cache",
+                            "-k", "hepg2_fewshot")
+        assert result.returncode == 0, result.stdout[-2000:]
+        records.append(_record(tmp_path / night))
+    first, second = ([{k: v for k, v in c.items() if k != "seconds"} for c in r["cases"]] for r in records)
+    assert len(first) == 12 and first == second
+    run = records[0]["run"]
+    assert {"torch", "arc-state", "numpy"} <= set(run["versions"]) and "torch_threads" in run["determinism"]
+    assert all(c["seed"] is not None for c in records[0]["cases"])
