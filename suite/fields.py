@@ -32,7 +32,10 @@ class Where:
             line = mapping.line_of(key) if key is not None else mapping.line
         elif mapping is not None:
             line = getattr(mapping, "line", None)
-        field = self.child(str(key)).section if key is not None else (self.section or None)
+        field = self.section or None
+        # callers pass the value's own Where together with its key: name the key once
+        if key is not None and not (self.section == str(key) or self.section.endswith(f".{key}")):
+            field = self.child(str(key)).section
         return SpecError(message, file=self.file, line=line, field=field, hint=hint)
 
 

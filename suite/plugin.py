@@ -10,6 +10,7 @@ publishes the run (reports/history.py) at the end.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,6 +87,7 @@ PATH_OPTIONS = ("--models", "--hypotheses", "--report-dir", "--cache-dir")
 
 def pytest_configure(config: pytest.Config) -> None:
     _refuse_misread_paths(config)
+    _refuse_unwritable(Path(config.getoption("--report-dir")))
     state = SuiteState(Path(config.getoption("--models")), Path(config.getoption("--hypotheses")),
                        Path(config.getoption("--report-dir")), config.getoption("--device"),
                        max(1, config.getoption("--cell-orderings")),
@@ -113,6 +115,15 @@ def _cache_dir(config: pytest.Config) -> Path | None:
         return Path(config.getoption("--cache-dir"))
     cache = getattr(config, "cache", None)     # None with -p no:cacheprovider
     return cache.mkdir("st-hypotheses") if cache is not None else None
+
+
+def _refuse_unwritable(report_dir: Path) -> None:
+    """Say before any case runs, not after an hour of probes, that the record cannot be kept."""
+    existing = next(p for p in (report_dir, *report_dir.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise pytest.UsageError(f"--report-dir {report_dir}: cannot write there ({existing} is "
+                                f"{'not a folder' if not existing.is_dir() else 'not writable'}); point --report-dir "
+                                "at a folder this user can write")
 
 
 def _refuse_misread_paths(config: pytest.Config) -> None:

@@ -33,6 +33,7 @@ hypotheses:
     expected: &negatives
       - {{where: {{pathway: decoy}}, verdict: fail}}
       - {{where: {{pathway: er_secretory, cell_line: jurkat}}, verdict: fail}}
+      - {{where: {{pathway: er_secretory, split: zeroshot}}, verdict: fail}}
   - id: output-shift-coherence
     claim: Pathway KDs shift the predicted expression alike.
     probe: representation_coherence
