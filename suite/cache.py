@@ -34,19 +34,18 @@ class ArrayCache:
     def __init__(self, root: Path | None, salt: dict[str, str] | None = None) -> None:
         self.root = root
         self.salt = dict(salt or {})
-        self.hits: list[str] = []
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
 
     def key(self, kind: str, **parts: object) -> str:
         return cache_key(kind, **parts, libraries=self.salt)
 
-    def get(self, key: str) -> np.ndarray | None:
+    def has(self, key: str) -> bool:
         path = self._path(key)
-        if path is None or not path.exists():
-            return None
-        self.hits.append(key)
-        return np.load(path, mmap_mode="r")
+        return path is not None and path.exists()
+
+    def get(self, key: str) -> np.ndarray | None:
+        return np.load(self._path(key), mmap_mode="r") if self.has(key) else None
 
     def put(self, key: str, value: np.ndarray) -> None:
         path = self._path(key)
@@ -71,7 +70,6 @@ class ArrayCache:
             fill(out)
             return out
         if path.exists():
-            self.hits.append(key)
             return np.load(path, mmap_mode="r")
 
         def write(tmp: Path) -> None:

@@ -33,7 +33,7 @@ class RecordKeeper:
     def __init__(self, state: SuiteState) -> None:
         self.state = state
         self.records: dict[str, CaseResult] = {}
-        self.written: dict[str, Path] | None = None
+        self.html: Path | None = None
         self.run: dict[str, Any] = {}
 
     @pytest.hookimpl(wrapper=True)
@@ -76,8 +76,7 @@ class RecordKeeper:
                                  lambda out: write_run(out, run, cases, synthesize(cases)))
         if self.state.update_baseline:
             history.promote(self.state.report_dir, folder)
-        self.written = {kind: folder / name for kind, name in
-                        (("html", "verdict.html"), ("json", "verdicts.json"), ("folder", "."))}
+        self.html = folder / "verdict.html"
         self.run = run
 
     def _registry(self) -> dict[str, ModelEntry]:
@@ -88,10 +87,10 @@ class RecordKeeper:
             return {}
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.written:
+        if self.html is None:
             return
         terminalreporter.write_sep("-", "verdict report")
-        terminalreporter.write_line(f"{self.written['html']}  (with verdicts.json, verdicts.csv and junit.xml)")
+        terminalreporter.write_line(f"{self.html}  (with verdicts.json, verdicts.csv and junit.xml)")
         if self.state.update_baseline:
             terminalreporter.write_line(f"promoted to the baseline: {self.state.report_dir / 'baseline'}")
         against = self.run.get("baseline")

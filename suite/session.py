@@ -209,12 +209,12 @@ class RunContext:
                 reprs = model.module.pert_encoder(model.pert_onehots[[model.pert_index(k) for k in kds]])
             orders = random_orderings(size, n_orderings, seed)
             shape = (len(kds), len(model.gene_names), reprs.shape[1])
-            hits = len(self.cache.hits)
-            jac = self.cache.filled(self.cache.key("pert_jacobians", **parts), shape,
+            jac_key, gram_key = self.cache.key("pert_jacobians", **parts), self.cache.key("jacobian_gram", **parts)
+            self._tally(name, self.cache.has(jac_key) and self.cache.has(gram_key))
+            jac = self.cache.filled(jac_key, shape,
                                     lambda out: pert_jacobians(model.module, cells, reprs, orders, out=out,
                                                                kd_chunk=kd_chunk(self.device, size, reprs.shape[1])))
-            gram = self.cache.array(self.cache.key("jacobian_gram", **parts), lambda: streaming_gram(jac))
-            self._tally(name, len(self.cache.hits) - hits == 2)
+            gram = self.cache.array(gram_key, lambda: streaming_gram(jac))
             return Routing(kds, jac, gram, f"{size} {sampling} control cells, {n_orderings} ordering(s), seed {seed}")
 
         return self.memo(("routing", name, size, seed, sampling, n_orderings), compute)

@@ -85,9 +85,8 @@ def similarity_heatmap(similarity: Callable[[list[int]], np.ndarray], names: lis
     shown = [int(i) for i in members[:limit]]
     labels = ["pathway"] * len(shown)
     index = {name: i for i, name in enumerate(names)}
-    others = {g: [index[n] for n in group if n in index and index[n] not in shown]
-              for g, group in groups.items() if g != pathway}
-    others = {g: found for g, found in others.items() if found}
+    others = {g: [index[n] for n in group if n in index] for g, group in groups.items() if g != pathway}
+    others = {g: found for g, found in others.items() if set(found) - set(shown)}
     share = max(2, (limit - len(shown)) // (len(others) + 1))
     for group, found in others.items():
         taken = [i for i in found if i not in shown][: min(share, limit - len(shown))]
