@@ -10,6 +10,7 @@ from fixtures.device import resolve_device
 from fixtures.registry import load_registry
 from suite.baseline import Baseline
 from suite.cache import ArrayCache
+from suite.calibration import Calibration
 from suite.cases import Case
 from suite.errors import SuiteError
 from suite.keeper import RECORD
@@ -48,6 +49,12 @@ def suite_run(pytestconfig: pytest.Config) -> RunContext:
 def baseline(pytestconfig: pytest.Config) -> Baseline | None:
     """The earlier run given by --baseline, or None."""
     return pytestconfig.stash[STATE].baseline
+
+
+@pytest.fixture(scope="session")
+def calibration(pytestconfig: pytest.Config) -> Calibration | None:
+    """The null runs --calibrate asks for, or None."""
+    return pytestconfig.stash[STATE].calibration
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from suite.plugin import enforce
 from suite.runner import evaluate
 
 
-def test_hypothesis(case, suite_run, case_record, baseline):
+def test_hypothesis(case, suite_run, case_record, baseline, calibration):
     evaluate(case, suite_run, case_record)
+    if calibration is not None and case_record.verdict != "error":
+        case_record.calibration = calibration.run(case, suite_run)
     enforce(case_record, baseline)

@@ -26,7 +26,7 @@ def render_html(document: dict[str, Any]) -> str:
     env.filters["num"] = number
     env.filters["short"] = lambda text, n=19: (text or "")[:n]
     env.globals.update(histogram_svg=plots.histogram_svg, scatter_svg=plots.scatter_svg, bars_svg=plots.bars_svg,
-                       heatmap_svg=plots.heatmap_svg, dot=dot, runs=runs)
+                       heatmap_svg=plots.heatmap_svg, intervals_svg=plots.intervals_svg, dot=dot, runs=runs)
     page = env.get_template("verdict.html.j2")
     # embedded as JSON for the filter script: escape '<' so data can never close the <script> tag
     data = json.dumps([_row(c) for c in document["cases"]]).replace("<", "\\u003c")

@@ -77,6 +77,35 @@ def bars_svg(labels: Sequence[str], values: Sequence[float | None], reference: f
     return _svg("bars", width, height, label, rows + marks)
 
 
+def intervals_svg(labels: Sequence[str], estimates: Sequence[float | None], intervals: Sequence[Sequence[float] | None],
+                  reference: float, reference_label: str = "", width: int = 440) -> Markup:
+    """A forest plot of rates in [0, 1]: each row's estimate with its interval, a dashed reference line;
+    rows whose whole interval lies above the reference are red."""
+    rows = [(str(n), float(e), [float(v) for v in ci]) for n, e, ci in zip(labels, estimates, intervals, strict=True)
+            if _finite(e) and ci]
+    if not rows:
+        return Markup("")
+    row, left, head = 14, 200, 14
+    height = head + row * len(rows) + 14
+    top = min(1.0, max(reference * 3, *(ci[1] for _, _, ci in rows)))
+    to_x = _scale(0.0, top, left, width - 8)
+    body = "".join(_interval_row(head + i * row, name, e, ci, to_x, reference) for i, (name, e, ci) in enumerate(rows))
+    ref = to_x(reference)
+    axis = (f'{_text(ref, 10, f"{reference_label} {_fmt(reference)}", "middle")}<line x1="{ref:.1f}" x2="{ref:.1f}" '
+            f'y1="{head - 2}" y2="{height - 12}" stroke="#1f2933" stroke-dasharray="3 2"/>'
+            f'{_text(left, height - 2, "0")}{_text(width - 8, height - 2, _fmt(top), "end")}')
+    label = escape(f"{len(rows)} rates with 95% intervals against {reference_label} {_fmt(reference)}")
+    return _svg("intervals", width, height, label, body + axis)
+
+
+def _interval_row(y: float, name: str, estimate: float, ci: list[float], to_x, reference: float) -> str:
+    colour = RED if ci[0] > reference else "#1f2933"
+    return (f'{_text(to_x(0) - 4, y + 10, name[:34], "end")}'
+            f'<line x1="{to_x(ci[0]):.1f}" x2="{to_x(ci[1]):.1f}" y1="{y + 7}" y2="{y + 7}" stroke="{colour}" '
+            f'stroke-opacity=".5" stroke-width="2"/>'
+            f'<circle cx="{to_x(estimate):.1f}" cy="{y + 7}" r="3" fill="{colour}"/>')
+
+
 def heatmap_svg(heatmap: dict | None, size: int = 240) -> Markup:
     """A similarity block as a blue-white-red image (-1 to 1), with the groups marked along the side."""
     if not heatmap or not heatmap.get("values"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from fixtures.registry import ModelEntry, load_registry
 from reports import history
 
 from .baseline import against_baseline
+from .calibration import ALPHA, summarize
 from .errors import SuiteError
 from .runinfo import run_info
 from .stats import benjamini_hochberg
@@ -72,6 +74,8 @@ class RecordKeeper:
         run["cache"] = _cache_totals(records)
         run["cache_dir"] = str(self.state.cache_dir) if self.state.cache_dir else None
         cases = [_without_audits(r.to_dict()) for r in records]
+        if self.state.calibration is not None:
+            run["calibration"] = {**asdict(self.state.calibration), "alpha": ALPHA, "rows": summarize(cases)}
         folder = history.publish(self.state.report_dir, self.state.run_id,
                                  lambda out: write_run(out, run, cases, synthesize(cases)))
         if self.state.update_baseline:
@@ -100,6 +104,22 @@ class RecordKeeper:
             terminalreporter.write_line(
                 f"since baseline {against['id']}: {kinds['flip']} regression(s), {kinds['drift']} drift(s), "
                 f"{kinds['new']} new, {len(against['gone'])} gone; models with a new fingerprint: {changed}")
+        if "calibration" in self.run:
+            for line in calibration_lines(self.run["calibration"]):
+                terminalreporter.write_line(line)
+
+
+def calibration_lines(calibration: dict) -> list[str]:
+    """The terminal's calibration summary: every hypothesis whose null passes exceed alpha, by name."""
+    rows = calibration["rows"]
+    above = [r for r in rows if r["status"] == "above alpha"]
+    lines = [f"calibration: {len(rows)} hypothesis x null rows, {len(above)} with a false-positive rate above "
+             f"alpha = {calibration['alpha']}"]
+    lines += [f"  {r['hypothesis']} under {r['null']}: {r['passes']}/{r['runs']} null runs pass "
+              f"(95% CI {r['ci'][0]:.2f}-{r['ci'][1]:.2f})" for r in above]
+    lines += [f"  {r['hypothesis']} under {r['null']}: {r['errors']} null run(s) raised (see the report)"
+              for r in rows if r["errors"]]
+    return lines
 
 
 def _cache_totals(records: list[CaseResult]) -> dict[str, dict[str, int]]:

@@ -1,11 +1,12 @@
 """The suite's pytest plugin (loaded through the `pytest11` entry point).
 
 Options: --models, --hypotheses, --report-dir, --device, --cell-orderings, --baseline,
---update-baseline, --cache-dir, --no-cache. conftest.py turns the YAML hypotheses into
-`test_hypothesis` cases with pytest_generate_tests (so fixtures, -k/-m, ids and xdist keep
-working). Each case's record rides on its test report (user_properties, as JSON, so xdist
-can carry it); the RecordKeeper (keeper.py) in the controlling process collects them and
-publishes the run (reports/history.py) at the end.
+--update-baseline, --cache-dir, --no-cache, --calibrate (with --null-draws, --null-inits).
+conftest.py turns the YAML hypotheses into `test_hypothesis` cases with
+pytest_generate_tests (so fixtures, -k/-m, ids and xdist keep working). Each case's record
+rides on its test report (user_properties, as JSON, so xdist can carry it); the
+RecordKeeper (keeper.py) in the controlling process collects them and publishes
+the run (reports/history.py) at the end.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fixtures.registry import ModelEntry, load_registry
 from reports import history
 
 from .baseline import Baseline, load_baseline, note_change, regression_message
+from .calibration import Calibration
 from .cases import Case, ModelInfo, expand_all
 from .checks import CHECKS
 from .errors import SuiteError
@@ -51,6 +53,7 @@ class SuiteState:
     baseline: Baseline | None = None
     update_baseline: bool = False
     cache_dir: Path | None = None
+    calibration: Calibration | None = None
     run_id: str = field(default_factory=new_run_id)
     started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     registry: dict[str, ModelEntry] | None = None
@@ -76,6 +79,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="disk cache of probe outputs, keyed by model fingerprint and parameters "
                          "(default: pytest's cache folder, .pytest_cache/d/st-hypotheses)")
     group.addoption("--no-cache", action="store_true", help="compute every probe output afresh and store none")
+    group.addoption("--calibrate", action="store_true",
+                    help="also run every case under nulls (shuffled KD/gene labels, re-initialised model copies) "
+                         "and report each hypothesis's false-positive rate on these models")
+    group.addoption("--null-draws", type=int, default=10, metavar="N",
+                    help="with --calibrate: label permutations per case with a pathway (default: 10)")
+    group.addoption("--null-inits", type=int, default=1, metavar="N",
+                    help="with --calibrate: re-initialised copies of each model (default: 1)")
     group.addoption("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     group.addoption("--cell-orderings", type=int, default=8,
                     help="random cell orderings that probes average over for models whose outputs depend on "
@@ -91,7 +101,8 @@ def pytest_configure(config: pytest.Config) -> None:
     state = SuiteState(Path(config.getoption("--models")), Path(config.getoption("--hypotheses")),
                        Path(config.getoption("--report-dir")), config.getoption("--device"),
                        max(1, config.getoption("--cell-orderings")),
-                       _baseline(config), config.getoption("--update-baseline"), _cache_dir(config))
+                       _baseline(config), config.getoption("--update-baseline"), _cache_dir(config),
+                       _calibration(config))
     config.stash[STATE] = state
     config.pluginmanager.register(RecordKeeper(state), "st-record-keeper")
     for name, check in CHECKS.items():
@@ -106,6 +117,15 @@ def _baseline(config: pytest.Config) -> Baseline | None:
         return load_baseline(history.resolve(Path(config.getoption("--report-dir")), which))
     except FileNotFoundError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def _calibration(config: pytest.Config) -> Calibration | None:
+    if not config.getoption("--calibrate"):
+        return None
+    draws, inits = config.getoption("--null-draws"), config.getoption("--null-inits")
+    if draws < 0 or inits < 0 or draws + inits == 0:
+        raise pytest.UsageError("--null-draws and --null-inits count null runs: give numbers >= 0, not both 0")
+    return Calibration(draws, inits)
 
 
 def _cache_dir(config: pytest.Config) -> Path | None:

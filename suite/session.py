@@ -5,6 +5,7 @@ so a library upgrade that changes what a model computes shows in the next run.""
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 
 from fixtures.arc_state import LoadedModel, load_model
 from fixtures.registry import ModelEntry
+from fixtures.reinit import reinitialised
 from probes import model_audit
 from probes.audit import random_orderings
 from probes.embeddings import output_shifts, sample_cells, select_cells
@@ -55,9 +57,17 @@ class RunContext:
         self.cache_counts: dict[str, Counter] = {}    # model -> probe outputs "reused" from disk / "computed"
 
     def model(self, name: str) -> LoadedModel:
+        """A registry model, or (for a name from `reinitialised_name`) its re-initialised copy."""
         if name not in self._models:
-            self._models[name] = load_model(self.registry[name], self.device)
+            base, seed = parse_reinitialised(name)
+            if seed is None:
+                self._models[name] = load_model(self.registry[name], self.device)
+            else:
+                self._models[name] = reinitialised(self.model(base), name, seed)
         return self._models[name]
+
+    def entry(self, name: str) -> ModelEntry:
+        return self.registry[parse_reinitialised(name)[0]]
 
     def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
         """compute() once per key per run (keys include the model name and every parameter)."""
@@ -115,7 +125,7 @@ class RunContext:
 
     def sae(self, name: str) -> tuple[SparseAutoencoder, int]:
         """The registry's SAE of this model and the layer it reads, checked against that layer's width."""
-        entry = self.registry[name].sae
+        entry = self.entry(name).sae
         if entry is None:
             raise Inconclusive(f"model '{name}' has no 'sae' entry in the models registry")
 
@@ -147,37 +157,48 @@ class RunContext:
 
     def jacobians(self, name: str, kds: tuple[str, ...], regulators: tuple[str, ...], mode: str, size: int,
                   seed: int, n_orderings: int) -> np.ndarray:
-        """[K, R, G] targeted Jacobians (probes/jacobian.py) on `size` seeded control cells; each KD's
-        rows are computed once per run for a given regulator set and mode."""
+        """[K, R, G] targeted Jacobians (probes/jacobian.py) on `size` seeded control cells. Rows are kept per
+        (KD, regulator) for the run, so another regulator set (a calibration draw) computes only new pairs;
+        on disk per KD and regulator set."""
         model = self.model(name)
-        keys = {kd: ("jacobian", name, kd, regulators, mode, size, seed, n_orderings) for kd in kds}
+        settings = (mode, size, seed, n_orderings)
+        row = {(kd, r): ("jacobian", name, kd, r, *settings) for kd in kds for r in regulators}
         disk = {kd: self.cache.key("targeted_jacobian", fingerprint=model.fingerprint, kd=kd, regulators=regulators,
                                    mode=mode, size=size, seed=seed, orderings=n_orderings) for kd in kds}
-        for kd in [kd for kd in kds if keys[kd] not in self._memo]:
+        for kd in [kd for kd in kds if not self._has_rows(row, kd, regulators)]:
             found = self.cache.get(disk[kd])
             if found is not None:
-                self._memo[keys[kd]] = found
+                self._memo.update({row[kd, r]: found[j] for j, r in enumerate(regulators)})
                 self._tally(name, True)
-        missing = [kd for kd in kds if keys[kd] not in self._memo]
+        missing = [kd for kd in kds if not self._has_rows(row, kd, regulators)]
         if missing:
-            cells = sample_cells(model.cells, size, seed)
-            with torch.no_grad():
-                reprs = model.module.pert_encoder(model.pert_onehots[[model.pert_index(k) for k in missing]])
-            genes = [model.gene_names.index(g) for g in regulators]
-            orders = random_orderings(size, n_orderings, seed)
-            rows = targeted_jacobians(model.module, cells, reprs, genes, mode, orders)
-            for kd, row in zip(missing, rows, strict=True):
-                self._memo[keys[kd]] = row
-                self.cache.put(disk[kd], row)
+            wanted = [r for r in regulators if any(row[kd, r] not in self._memo for kd in missing)]
+            block = self._targeted(model, missing, wanted, *settings)
+            for i, kd in enumerate(missing):
+                self._memo.update({row[kd, r]: block[i, j] for j, r in enumerate(wanted)})
+                self.cache.put(disk[kd], np.stack([self._memo[row[kd, r]] for r in regulators]))
             self._tally(name, False, len(missing))
-        return np.stack([self._memo[keys[kd]] for kd in kds])
+        return np.stack([[self._memo[row[kd, r]] for r in regulators] for kd in kds])
+
+    def _has_rows(self, row: dict, kd: str, regulators: tuple[str, ...]) -> bool:
+        return all(row[kd, r] in self._memo for r in regulators)
+
+    def _targeted(self, model: LoadedModel, kds: list[str], regulators: list[str], mode: str, size: int, seed: int,
+                  n_orderings: int) -> np.ndarray:
+        cells = sample_cells(model.cells, size, seed)
+        with torch.no_grad():
+            reprs = model.module.pert_encoder(model.pert_onehots[[model.pert_index(k) for k in kds]])
+        genes = [model.gene_names.index(g) for g in regulators]
+        return targeted_jacobians(model.module, cells, reprs, genes, mode, random_orderings(size, n_orderings, seed))
 
     def knockouts(self, name: str, genes: tuple[str, ...], perturbation: str, size: int, seed: int,
                   n_orderings: int) -> tuple[np.ndarray, tuple[str, ...], str]:
         """(KO matrix [n, G], its row genes, where it came from): the registry's precomputed matrix
         if the model has one, else the model's prediction with each of `genes` zeroed."""
         model = self.model(name)
-        entry = self.registry[name].knockout
+        entry = self.entry(name).knockout
+        if parse_reinitialised(name)[1] is not None:
+            entry = None    # a file of the trained model's knockouts says nothing about its re-initialised copy
         if entry is not None:
             def load() -> tuple[np.ndarray, tuple[str, ...], str]:
                 matrix, rows = load_knockout_matrix(Path(entry.path), Path(entry.genes), model.gene_names)
@@ -224,6 +245,22 @@ class RunContext:
         model = self.model(name)
         onehots = model.pert_onehots[[model.pert_index(k) for k in model.kd_names]]
         return self.memo(("encoder_jacobians", name), lambda: encoder_jacobians(model.module, onehots))
+
+
+REINITIALISED = "~reinit"
+
+
+def reinitialised_name(name: str, copy: int) -> str:
+    """The name under which RunContext.model gives copy number `copy` of `name`, re-initialised."""
+    return f"{name}{REINITIALISED}{copy}"
+
+
+def parse_reinitialised(name: str) -> tuple[str, int | None]:
+    """(registry name, seed of the re-initialised copy or None); each model and copy gets its own seed."""
+    base, mark, copy = name.rpartition(REINITIALISED)
+    if not mark or not copy.isdigit():
+        return name, None
+    return base, zlib.crc32(name.encode())
 
 
 def kd_chunk(device: torch.device, cells: int, hidden: int) -> int:

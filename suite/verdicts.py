@@ -72,6 +72,7 @@ class CaseResult:
     change: dict[str, Any] | None = None     # how it differs from the baseline (suite/baseline.py)
     tolerance: dict[str, float] = field(default_factory=dict)   # what counts as drift
     cache: dict[str, dict[str, int]] = field(default_factory=dict)   # per model: probe outputs reused / computed
+    calibration: dict[str, dict] | None = None    # --calibrate: the case under each null (suite/calibration.py)
 
     def to_dict(self) -> dict[str, Any]:
         return _finite(asdict(self))

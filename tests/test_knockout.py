@@ -63,3 +63,19 @@ def test_registry_precomputed_matrix_is_used_instead_of_the_model(demo_registry,
                                                                       str(tmp_path / "genes.txt")))}
     matrix, rows, source = RunContext(registry, torch.device("cpu")).knockouts("j", ("X",), "non-targeting", 32, 0, 1)
     assert rows == ("RPL3", "MYC") and matrix[1, 0] == 200 and source.startswith("precomputed")
+
+
+def test_a_reinitialised_copy_computes_its_knockouts_instead_of_reading_the_trained_models_file(demo_registry,
+                                                                                               tmp_path):
+    from fixtures.registry import KnockoutEntry
+    from suite.session import reinitialised_name
+
+    entry = demo_registry["jurkat_fewshot"]
+    (tmp_path / "genes.txt").write_text("RPL3\nMYC\n")
+    np.save(tmp_path / "ko.npy", np.arange(400, dtype=float).reshape(2, 200))
+    registry = {"j": replace(entry, name="j", knockout=KnockoutEntry(str(tmp_path / "ko.npy"),
+                                                                      str(tmp_path / "genes.txt")))}
+    ctx = RunContext(registry, torch.device("cpu"))
+    matrix, rows, source = ctx.knockouts(reinitialised_name("j", 0), ("RPL3", "MYC"), "non-targeting", 32, 0, 1)
+    assert rows == ("RPL3", "MYC") and source.startswith("predicted")
+    assert matrix.shape == (2, 200) and not np.array_equal(matrix, np.arange(400).reshape(2, 200))

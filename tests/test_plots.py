@@ -6,6 +6,7 @@ import struct
 import zlib
 
 import numpy as np
+import pytest
 
 from reports import plots
 from suite.checks.common import similarity_heatmap
@@ -61,3 +62,16 @@ def test_similarity_heatmap_puts_the_pathway_first_then_other_panels():
     assert len(block["names"]) == 10 and len(set(block["names"])) == 10
     rows = [names.index(n) for n in block["names"]]
     assert np.allclose(block["values"], np.round(sim[np.ix_(rows, rows)], 2))
+
+
+def test_intervals_place_estimates_and_mark_rows_wholly_above_the_reference():
+    svg = str(plots.intervals_svg(["ok", "<b>high</b>", "skipped"], [0.04, 0.5, None],
+                                  [[0.01, 0.09], [0.3, 0.7], None], 0.05, "alpha"))
+    assert "&lt;b&gt;high&lt;/b&gt;" in svg and "skipped" not in svg
+    dots = re.findall(r'<circle cx="([\d.]+)" cy="[\d.]+" r="3" fill="([^"]+)"', svg)
+    assert [colour for _, colour in dots] == ["#1f2933", plots.RED]
+    # x axis runs 0 -> 0.7 (the largest upper bound) over pixels 200 -> 432
+    assert float(dots[1][0]) == pytest.approx(200 + 0.5 / 0.7 * 232, abs=0.2)
+    reference = re.search(r'<line x1="([\d.]+)" x2="\1" y1="12"', svg)
+    assert float(reference.group(1)) == pytest.approx(200 + 0.05 / 0.7 * 232, abs=0.2)
+    assert plots.intervals_svg([], [], [], 0.05) == ""

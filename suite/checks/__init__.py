@@ -32,6 +32,7 @@ class Check:
     default_rule: Callable[[Any], PassRule] = lambda params: PassRule()   # when a hypothesis gives none
     validate: Callable[[Any], str | None] = lambda params: None          # cross-field checks of params
     side: Side | None = None   # which half of the dual-probe synthesis a per-pathway pass speaks for
+    calibrated: bool = True    # --calibrate reruns it under nulls (not for measurements without a test)
 
 
 def _registry() -> dict[str, Check]:

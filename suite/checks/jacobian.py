@@ -103,6 +103,11 @@ def routing_score(case: Case, ctx: RunContext) -> Evidence:
     p: RoutingParams = case.spec.params
     model, design, jac = _prepare(case, ctx, p)
     scores = _routing_scores(jac, design, model, p)
+    kds = design.pathway_kds + design.unrelated_kds
+    undefined = [kd for kd, score in zip(kds, scores, strict=True) if not np.isfinite(score)]
+    if undefined:
+        raise Inconclusive(f"{len(undefined)} of {len(kds)} KDs have zero sensitivity on the matched null pairs, so "
+                           f"their routing score is undefined: {', '.join(undefined[:8])}")
     labels = np.array([True] * len(design.pathway_kds) + [False] * len(design.unrelated_kds))
     observed = auroc(scores, labels)
     rng = np.random.default_rng(p.seed)
@@ -112,7 +117,6 @@ def routing_score(case: Case, ctx: RunContext) -> Evidence:
         picks = np.concatenate([rng.choice(np.flatnonzero(labels), labels.sum()),
                                 rng.choice(np.flatnonzero(~labels), (~labels).sum())])
         boot.append(auroc(scores[picks], labels[picks]) - 0.5)
-    kds = design.pathway_kds + design.unrelated_kds
     return Evidence(
         statistic=f"AUROC of the per-KD routing score ({_what(p)} on pathway pairs / on matched null pairs)",
         value=observed, effect=observed - 0.5, ci=common.percentile_ci(boot), p=stats.exact_p(null, observed),
