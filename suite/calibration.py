@@ -107,8 +107,7 @@ def summarize(cases: list[dict], alpha: float = ALPHA) -> list[dict]:
         for kind, tally in (case.get("calibration") or {}).items():
             row = pooled.setdefault((case["hypothesis"], kind), {
                 "hypothesis": case["hypothesis"], "probe": case["probe"], "null": kind, "cases": 0, "runs": 0,
-                "passes": 0, "inconclusive": 0, "errors": 0, "p_below": case["threshold"].get("p_below"),
-                "real_passes": 0})
+                "passes": 0, "inconclusive": 0, "errors": 0, "real_passes": 0})
             row["cases"] += 1
             row["real_passes"] += case["verdict"] == "pass"
             for key in ("runs", "passes", "inconclusive", "errors"):

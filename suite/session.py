@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -185,11 +185,9 @@ class RunContext:
 
     def _targeted(self, model: LoadedModel, kds: list[str], regulators: list[str], mode: str, size: int, seed: int,
                   n_orderings: int) -> np.ndarray:
-        cells = sample_cells(model.cells, size, seed)
-        with torch.no_grad():
-            reprs = model.module.pert_encoder(model.pert_onehots[[model.pert_index(k) for k in kds]])
         genes = [model.gene_names.index(g) for g in regulators]
-        return targeted_jacobians(model.module, cells, reprs, genes, mode, random_orderings(size, n_orderings, seed))
+        return targeted_jacobians(model.module, sample_cells(model.cells, size, seed), pert_reprs(model, kds), genes,
+                                  mode, random_orderings(size, n_orderings, seed))
 
     def knockouts(self, name: str, genes: tuple[str, ...], perturbation: str, size: int, seed: int,
                   n_orderings: int) -> tuple[np.ndarray, tuple[str, ...], str]:
@@ -208,8 +206,7 @@ class RunContext:
 
         def compute() -> np.ndarray:
             cells = sample_cells(model.cells, size, seed)
-            with torch.no_grad():
-                rep = model.module.pert_encoder(model.pert_onehots[model.pert_index(perturbation)][None])[0]
+            rep = pert_reprs(model, [perturbation])[0]
             return knockout_matrix(model.module, cells, rep, [model.gene_names.index(g) for g in genes],
                                    random_orderings(size, n_orderings, seed))
 
@@ -226,8 +223,7 @@ class RunContext:
         def compute() -> Routing:
             kds = model.kd_names
             cells = select_cells(model.cells, size, seed, sampling)
-            with torch.no_grad():
-                reprs = model.module.pert_encoder(model.pert_onehots[[model.pert_index(k) for k in kds]])
+            reprs = pert_reprs(model, kds)
             orders = random_orderings(size, n_orderings, seed)
             shape = (len(kds), len(model.gene_names), reprs.shape[1])
             jac_key, gram_key = self.cache.key("pert_jacobians", **parts), self.cache.key("jacobian_gram", **parts)
@@ -245,6 +241,12 @@ class RunContext:
         model = self.model(name)
         onehots = model.pert_onehots[[model.pert_index(k) for k in model.kd_names]]
         return self.memo(("encoder_jacobians", name), lambda: encoder_jacobians(model.module, onehots))
+
+
+def pert_reprs(model: LoadedModel, names: Sequence[str]) -> torch.Tensor:
+    """[len(names), H] pert_encoder outputs of these perturbations."""
+    with torch.no_grad():
+        return model.module.pert_encoder(model.pert_onehots[[model.pert_index(k) for k in names]])
 
 
 REINITIALISED = "~reinit"
