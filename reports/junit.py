@@ -49,6 +49,8 @@ def _result(case: dict[str, Any]) -> tuple[str | None, str | None, str]:
     verdict, outcome, reason = case["verdict"], case.get("outcome"), case.get("reason") or ""
     if outcome == "xpassed-strict":
         return "failure", None, f"[XPASS(strict)] expected {case.get('expected')}, but: {reason}"
+    if outcome == "exploratory":          # no known answer: reported, never a failure (as pytest ran it)
+        return None, None, f"exploratory ({verdict}): {reason}"
     if verdict == "fail" and outcome == "xfailed":
         return "skipped", "pytest.xfail", f"expected fail: {reason}"
     if verdict == "fail":

@@ -34,10 +34,10 @@ CSV_COLUMNS = ("case_id", "hypothesis", "probe", "side", "model", "pathway", "ve
 
 
 def counts(cases: list[dict[str, Any]]) -> dict[str, int]:
-    """Verdicts, pytest's xfailed/xpassed, cases whose verdict is not the expected one, and (when
-    compared with a baseline) regressions (verdict flips) and drifts."""
+    """Verdicts, pytest's xfailed/xpassed, exploratory cases (no known answer), cases whose verdict
+    is not the expected one, and (when compared with a baseline) regressions (verdict flips) and drifts."""
     tally = Counter(c["verdict"] for c in cases)
-    tally.update(c["outcome"] for c in cases if c.get("outcome") in ("xfailed", "xpassed"))
+    tally.update(c["outcome"] for c in cases if c.get("outcome") in ("xfailed", "xpassed", "exploratory"))
     tally["unexpected"] = sum(c.get("expected") in ("pass", "fail") and c["verdict"] in ("pass", "fail")
                               and c["verdict"] != c["expected"] for c in cases)
     changes = Counter((c.get("change") or {}).get("kind") for c in cases)

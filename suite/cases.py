@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checks import CHECKS
-from .errors import SpecError, close_matches
-from .spec import MODEL_ATTRIBUTES, Expectation, HypothesisSpec
+from .errors import SpecError, close_matches, typos_of
+from .spec import BACKBONES, MODEL_ATTRIBUTES, Expectation, HypothesisSpec
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ def expand_all(specs: list[HypothesisSpec], models: list[ModelInfo]) -> list[Cas
 def expand(spec: HypothesisSpec, models: list[ModelInfo]) -> list[Case]:
     axis_names = CHECKS[spec.probe].axes
     values = [_axis_values(spec, name, models) for name in axis_names]
+    _check_expectation_values(spec, models)
     cases = []
     for combo in itertools.product(*values):
         axes = dict(zip(axis_names, combo, strict=True))
@@ -112,11 +113,42 @@ def _expected_for(spec: HypothesisSpec, axes: dict[str, Any], models: dict[str, 
     matches = [(i, e) for i, e in enumerate(spec.expected) if _matches(e.where, axes, models)]
     verdicts = {e.verdict for _, e in matches}
     if len(verdicts) > 1:
-        line = spec.expected_lines[matches[-1][0]] if spec.expected_lines else spec.line
+        file, line = _origin(spec, matches[-1][0])
         raise SpecError(f"expectations disagree for one case ({', '.join(sorted(verdicts))})",
-                        file=spec.file, line=line, field="expected",
+                        file=file, line=line, field="expected",
                         hint="narrow the 'where' of one of them so each case gets one expected verdict")
     return matches[0][1] if matches else None
+
+
+def _origin(spec: HypothesisSpec, index: int) -> tuple[str, int | None]:
+    return spec.expected_at[index] if index < len(spec.expected_at) else (spec.file, spec.line)
+
+
+def _check_expectation_values(spec: HypothesisSpec, models: list[ModelInfo]) -> None:
+    """An expectation whose `where` names a model, pair or attribute value the registry does not have
+    matches no case and is never checked. In the registry's own expectations file (written for exactly
+    these models) and for `backbone` (a fixed vocabulary) that is an error; in a hypothesis file, which
+    other registries share, it is an error when the value is a typo of one the registry has."""
+    names = [m.name for m in models]
+    pairs = ["-vs-".join(pair) for pair in itertools.permutations(names, 2)]
+    known = {"model": names, "model_pair": pairs} | {
+        attr: sorted({getattr(m, attr).lower() for m in models}) for attr in MODEL_ATTRIBUTES}
+    known["backbone"] = list(BACKBONES)
+    for i, exp in enumerate(spec.expected):
+        file, line = _origin(spec, i)
+        for key, value in exp.where.items():
+            allowed = known.get(key)
+            wanted = str(value).lower() if key in MODEL_ATTRIBUTES else str(value)
+            if allowed is None or wanted in allowed:
+                continue
+            typos = typos_of(wanted, allowed)
+            if file == spec.file and key != "backbone" and not typos:
+                continue
+            hits = typos or close_matches(str(value), list(allowed))
+            raise SpecError(f"expectation of '{spec.id}' names {key} '{value}', which no registry model has",
+                            file=file, line=line, field=f"expected[{i}].where.{key}" if file == spec.file
+                            else f"expectations.{spec.id}.where.{key}",
+                            hint=f"did you mean '{hits[0]}'?" if hits else f"known: {', '.join(allowed) or 'none'}")
 
 
 def _matches(where: dict, axes: dict[str, Any], models: dict[str, ModelInfo]) -> bool:

@@ -70,6 +70,20 @@ class Inconclusive(Exception):
         super().__init__(reason)
 
 
+def typos_of(name: str, known: Iterable[str]) -> list[str]:
+    """Known names one single-character edit from `name` (two for names of 20 characters or more),
+    case-insensitive: a mistyped name, not a sibling such as 'lax-coherence' beside 'sae-coherence'."""
+    max_edits = 1 if len(name) < 20 else 2
+    def distance(a: str, b: str) -> int:
+        row = list(range(len(b) + 1))
+        for i, ca in enumerate(a, 1):
+            previous, row[0] = row[0], i
+            for j, cb in enumerate(b, 1):
+                previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+        return row[-1]
+    return [k for k in known if distance(name.upper(), k.upper()) <= max_edits]
+
+
 def close_matches(name: str, known: Iterable[str], n: int = 3) -> list[str]:
     """Known names that look like `name` (case-insensitive), best first."""
     known = list(known)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .plugin import SuiteState
 
 PROPERTY = "st_case"
+EXPLORATORY = "st_exploratory"
 RECORD = pytest.StashKey[CaseResult]()
 
 
@@ -44,14 +45,25 @@ class RecordKeeper:
         record = item.stash.get(RECORD, None)
         if record is not None:
             report.user_properties.append((PROPERTY, json.dumps(record.to_dict())))
+            if record.expected == "exploratory" and report.when == "call" and report.passed:
+                report.user_properties.append((EXPLORATORY, record.verdict))
         return report
+
+    def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config):
+        """A case with no known answer is neither a pass nor an expected failure: it gets its own
+        status (counted as 'exploratory' in the summary line) and never fails the run."""
+        verdict = next((v for k, v in getattr(report, "user_properties", ()) if k == EXPLORATORY), None)
+        if verdict is not None:
+            return "exploratory", "e", (f"EXPLORATORY ({verdict})", {"cyan": True})
+        return None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         payload = [v for k, v in report.user_properties if k == PROPERTY]
         if not payload or (report.when != "call" and report.passed):
             return
         record = CaseResult.from_dict(json.loads(payload[-1]))
-        record.outcome = _outcome(report)
+        record.outcome = "exploratory" if any(k == EXPLORATORY for k, _ in report.user_properties) \
+            else _outcome(report)
         if record.verdict == "error" and report.failed:
             record.reason = _error_message(report)
         self.records.setdefault(record.case_id, record)

@@ -6,12 +6,17 @@ mantel            Pearson r between the off-diagonal entries of two symmetric ma
 group_contrast    mean similarity of same-group pairs minus different-group pairs; the null
                   permutes the group labels (group sizes kept).
 auroc             the probability that a random member scores above a random non-member.
+label_test        AUROC of per-KD scores between two groups of KDs, against permutations of the KD
+                  labels: every enumeration when there are few enough, else `n_permutations` draws.
+                  The KD is the unit: values that share a KD are never counted as separate samples.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 from scipy.stats import rankdata
@@ -72,6 +77,36 @@ def auroc(scores: np.ndarray, is_member: np.ndarray) -> float:
         return float("nan")
     ranks = rankdata(scores)
     return float((ranks[is_member].sum() - n_in * (n_in + 1) / 2) / (n_in * n_out))
+
+
+@dataclass(frozen=True)
+class LabelTest:
+    auroc: float
+    null: np.ndarray
+    p: float
+    smallest_p: float        # the smallest p these group sizes can give: 1 / C(n, n_in)
+    exact: bool              # every relabeling enumerated
+
+
+ENUMERATE_UP_TO = 50_000
+
+
+def label_test(scores: np.ndarray, is_member: np.ndarray, n_permutations: int, rng: np.random.Generator) -> LabelTest:
+    """One-sided (members score higher) permutation test of the KD labels on per-KD scores."""
+    n, n_in = len(scores), int(is_member.sum())
+    ranks = rankdata(scores)
+    offset, scale = n_in * (n_in + 1) / 2, n_in * (n - n_in)
+    observed = float((ranks[is_member].sum() - offset) / scale)
+    count = math.comb(n, n_in)
+    if count <= ENUMERATE_UP_TO:
+        groups = np.fromiter((i for c in combinations(range(n), n_in) for i in c), dtype=int).reshape(count, n_in)
+        null = (ranks[groups].sum(axis=1) - offset) / scale
+        p = float(np.mean(null >= observed - 1e-12))
+    else:
+        groups = np.argsort(rng.random((n_permutations, n)), axis=1)[:, :n_in]
+        null = (ranks[groups].sum(axis=1) - offset) / scale
+        p = exact_p(null, observed)
+    return LabelTest(observed, null, p, 1.0 / count, count <= ENUMERATE_UP_TO)
 
 
 def pair_bootstrap_ci(statistic: Callable[[np.ndarray, np.ndarray], float], n_items: int, rng: np.random.Generator,

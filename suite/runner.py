@@ -45,7 +45,16 @@ def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> C
 
 
 def _audits(case: Case, ctx: RunContext) -> dict[str, dict]:
-    return {name: ctx.audit(name).to_dict() for name in case.models}
+    """What each model of the case computes, and how many of its KDs it learned (observed cells)."""
+    return {name: ctx.audit(name).to_dict() | {"learnedness": _learnedness(ctx, name)} for name in case.models}
+
+
+def _learnedness(ctx: RunContext, name: str) -> dict:
+    table = ctx.learnedness(name)
+    counts = table.counts()
+    return {"counts": counts, "kds": len(table.kds), "observed": table.observed,
+            "learned_fraction": counts["learned"] / max(len(table.kds), 1) if table.observed else None,
+            "source": table.source}
 
 
 def _plain(params: object) -> dict:

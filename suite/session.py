@@ -15,7 +15,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from fixtures.arc_state import LoadedModel, load_model
+from fixtures.arc_state import LoadedModel, load_model, load_screen
 from fixtures.registry import ModelEntry
 from fixtures.reinit import reinitialised
 from probes import model_audit
@@ -27,6 +27,7 @@ from probes.representations import Readout, cell_sets, hidden_width, per_set_shi
 from probes.routing import encoder_jacobians, pert_jacobians, streaming_gram
 from probes.sae import SparseAutoencoder, load_sae
 
+from . import learnedness
 from .cache import ArrayCache
 from .errors import Inconclusive, ModelLoadError
 
@@ -122,6 +123,47 @@ class RunContext:
 
         return self.stored("output_shifts", name, compute, size=size, seed=seed, orderings=n_orderings,
                            sampling=sampling)
+
+    def learnedness(self, name: str) -> learnedness.Learnedness:
+        """Which of the model's KDs it learned (suite/learnedness.py): judged on the registry's observed
+        perturbed cells when it gives them, else only the KDs training never moved are known."""
+        entry = self.entry(name).perturbed
+        model = self.model(name)
+
+        def compute() -> learnedness.Learnedness:
+            kds = model.kd_names
+            untrained = _untrained(model)
+            column_note = ("" if untrained is None else
+                           f"; {int(untrained.sum())} KD(s) whose pert_encoder column training never moved")
+            untrained = np.zeros(len(kds), dtype=bool) if untrained is None else untrained
+            if entry is None:
+                return learnedness.from_checkpoint(kds, untrained, "not judged on observed cells (no 'perturbed:' "
+                                                   "in the models registry)" + column_note)
+            screen = load_screen(model)
+            size = min(model.cell_set_len, len(screen.controls))
+            n_sets = max(1, min(LEARNEDNESS_SETS, len(screen.controls) // size))
+            predicted = self.stored("screen_predictions", name, lambda: self._screen_predictions(
+                model, screen.controls, n_sets, size), sets=n_sets, size=size)
+            return learnedness.judge(
+                kds, predicted[[model.pert_index(k) for k in kds]], predicted[-1],
+                [screen.kd_cells.get(k) for k in kds], screen.controls, np.random.default_rng(LEARNEDNESS_SEED),
+                untrained, np.array([model.gene_names.index(k) if k in model.gene_names else -1 for k in kds]),
+                min_cells=entry.min_cells,
+                source=f"{screen.path.name}: {len(screen.controls)} control cells, {len(screen.kd_cells)} KDs "
+                       f"with perturbed cells; predictions on {n_sets} x {size} of those controls" + column_note)
+
+        return self.memo(("learnedness", name), compute)
+
+    def _screen_predictions(self, model: LoadedModel, controls: np.ndarray, n_sets: int, size: int) -> np.ndarray:
+        """[n_perts + 1, G] predicted shifts on the screen's controls; the last row is the model's
+        answer for an empty perturbation (a zero one-hot)."""
+        cells = torch.as_tensor(controls, device=self.device)
+        onehots = torch.cat([model.pert_onehots, torch.zeros_like(model.pert_onehots[:1])])
+        orders = random_orderings(size, self.n_orderings(model.name, None), LEARNEDNESS_SEED)
+        sets = cell_sets(cells, n_sets, size, LEARNEDNESS_SEED)
+        shifts = per_set_shifts(model.module, onehots, model.pert_index(model.control_pert), sets,
+                                Readout("output"), orders)
+        return shifts.mean(axis=0)
 
     def sae(self, name: str) -> tuple[SparseAutoencoder, int]:
         """The registry's SAE of this model and the layer it reads, checked against that layer's width."""
@@ -243,11 +285,24 @@ class RunContext:
         return self.memo(("encoder_jacobians", name), lambda: encoder_jacobians(model.module, onehots))
 
 
+def _untrained(model: LoadedModel) -> np.ndarray | None:
+    """[K] which KDs' one-hot columns of the pert_encoder's first layer never moved in training (None
+    when the encoder does not start with a linear layer over one-hot vectors)."""
+    encoder = model.module.pert_encoder
+    first = encoder[0] if isinstance(encoder, torch.nn.Sequential) else encoder
+    if not isinstance(first, torch.nn.Linear):
+        return None
+    rows = model.pert_onehots[[model.pert_index(k) for k in model.kd_names]]
+    return learnedness.untrained_columns(first.weight.detach().double().cpu().numpy(), rows.double().cpu().numpy())
+
+
 def pert_reprs(model: LoadedModel, names: Sequence[str]) -> torch.Tensor:
     """[len(names), H] pert_encoder outputs of these perturbations."""
     with torch.no_grad():
         return model.module.pert_encoder(model.pert_onehots[[model.pert_index(k) for k in names]])
 
+
+LEARNEDNESS_SETS, LEARNEDNESS_SEED = 8, 0   # control-cell sets the screen's predictions average over
 
 REINITIALISED = "~reinit"
 

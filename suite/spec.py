@@ -11,40 +11,53 @@ A hypothesis file (one per family, top level of `hypotheses/`)::
         axes: {model: all, pathway: all}    # what the hypothesis expands over
         params: {null_model: magnitude_stratified}   # the probe's own parameters (checked per probe)
         pass_rule: {p_below: 0.05, effect_above: 0.0}   # optional; each probe has a default
-        expected:                           # optional known outcomes
+        expected:                           # optional known outcomes of *your* models
           - where: {pathway: decoy}
             verdict: fail                   # -> xfail; a pass becomes a strict XPASS failure
-            reason: no planted program      # (`either`: reported, not asserted; give the reason)
+            reason: no planted program      # (`exploratory`: no known answer; reported, not asserted)
 
 A top-level `definitions:` mapping may hold YAML anchors (`&negatives`) that hypotheses reuse
 (`expected: *negatives`). Everything is validated on load: unknown or duplicate keys, wrong types, values out of
-range, unknown probes and pathways are SpecErrors naming the file, line and field.
+range, unknown probes and pathways, a pass rule that tests nothing are SpecErrors naming the file,
+line and field.
+
+Expectations that belong to one set of models (the demo's planted answers) do not go into the
+shared hypothesis files, where they would apply to every user's models: they go into an
+expectations file that the models registry names (`expectations: expectations.yaml`)::
+
+    schema_version: 1
+    expectations:
+      pert-embedding-coherence:             # a hypothesis id
+        - where: {model: hepg2_fewshot, pathway: decoy}
+          verdict: fail
+          reason: no planted program
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from . import fields
 from .baseline import DEFAULT_TOLERANCE, METRICS
 from .checks import CHECKS
-from .errors import SpecError, close_matches
+from .errors import SpecError, close_matches, typos_of
 from .panels import Panel, load_panels
 from .verdicts import PassRule
 from .yamlio import LineDict, LineList, read_yaml
 
 SCHEMA_VERSION = 1
 MODEL_ATTRIBUTES = ("cell_line", "split", "backbone")   # what `expected: where:` may match besides axes
+BACKBONES = ("gpt2", "llama")      # arc-state's transformer_backbone_key values, lower case
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
 class Expectation:
     where: dict
-    verdict: Literal["pass", "fail", "either"]   # either: known to be unsettled; reported, not asserted
+    verdict: Literal["pass", "fail", "exploratory"]   # exploratory: no known answer; reported, not asserted
     reason: str = ""
 
 
@@ -61,7 +74,7 @@ class HypothesisSpec:
     file: str
     line: int | None
     axes_line: int | None = None
-    expected_lines: tuple[int | None, ...] = field(default=())
+    expected_at: tuple[tuple[str, int | None], ...] = field(default=())   # (file, line) of each expectation
     tolerance: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TOLERANCE))
 
 
@@ -145,11 +158,52 @@ def _read_hypothesis(item: Any, path: Path, default_panels: tuple[str, ...],
     for i, exp in enumerate(raw.expected):
         _check_expectation(exp, check.axes, panels, where.child(f"expected[{i}]"), item["expected"], i)
     rule = raw.pass_rule if raw.pass_rule is not None else check.default_rule(params)
+    if raw.pass_rule is not None and not any(v is not None for v in asdict(raw.pass_rule).values()):
+        raise where.error("the pass rule tests nothing: every case would pass", item, "pass_rule",
+                          hint="give at least one of p_below, effect_above, statistic_above, statistic_below, "
+                               "or leave pass_rule out for the probe's default")
     tolerance = _read_tolerance(raw.tolerance, where, item) if raw.tolerance is not None else dict(DEFAULT_TOLERANCE)
     return HypothesisSpec(raw.id, " ".join(raw.claim.split()), raw.probe, axes, params, rule,
                           raw.expected, panels, str(path), item.line_of("id"),
-                          item.line_of("axes"), tuple(item["expected"].line_of(i) for i in range(len(raw.expected)))
-                          if raw.expected else (), tolerance)
+                          item.line_of("axes"), tuple((str(path), item["expected"].line_of(i))
+                                                      for i in range(len(raw.expected))), tolerance)
+
+
+@dataclass(frozen=True)
+class _RawExpectations:
+    schema_version: int
+    expectations: dict
+
+
+def load_expectations(path: Path, specs: list[HypothesisSpec]) -> list[HypothesisSpec]:
+    """`specs` with the expectations of an expectations file added to each hypothesis it names."""
+    path = Path(path)
+    data = read_yaml(path)
+    where = fields.Where(str(path))
+    top = fields.build(_RawExpectations, data, where)
+    fields.check_schema_version(top.schema_version, SCHEMA_VERSION, where, data)
+    by_id = {spec.id: spec for spec in specs}
+    table = fields.expect_mapping(top.expectations, where.child("expectations"), data, "expectations")
+    added: dict[str, tuple[list[Expectation], list[tuple[str, int | None]]]] = {}
+    for hypothesis, entries in table.items():
+        here = where.child(f"expectations.{hypothesis}")
+        spec = by_id.get(str(hypothesis))
+        if spec is None:
+            # a hypothesis this run did not load (another --hypotheses folder) is no mistake; a near miss is
+            hits = typos_of(str(hypothesis), by_id)
+            if hits:
+                raise here.error(f"no hypothesis has the id '{hypothesis}'", table, hypothesis,
+                                 hint=f"did you mean '{hits[0]}'?")
+            continue
+        if not isinstance(entries, list) or not entries:
+            raise here.error("expected a non-empty list of {where, verdict, reason} entries", table, hypothesis)
+        found = [fields.build(Expectation, entry, here.child(f"[{i}]"), entries, i) for i, entry in enumerate(entries)]
+        for i, exp in enumerate(found):
+            _check_expectation(exp, CHECKS[spec.probe].axes, spec.panels, here.child(f"[{i}]"), entries, i)
+        added[spec.id] = (found, [(str(path), entries.line_of(i)) for i in range(len(entries))])
+    return [replace(spec, expected=spec.expected + tuple(added[spec.id][0]),
+                    expected_at=spec.expected_at + tuple(added[spec.id][1])) if spec.id in added else spec
+            for spec in specs]
 
 
 def _read_tolerance(value: Any, where: fields.Where, item: LineDict) -> dict[str, float]:

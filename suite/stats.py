@@ -131,7 +131,15 @@ def cluster_enrichment(labels: np.ndarray, members: Sequence[int]) -> list[dict]
 
 
 
-
+def best_cluster_p(labels: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """[n_sets] the smallest hypergeometric p over clusters of each row of `sets` (KD indices into
+    `labels`): how concentrated the set is in its most enriched cluster."""
+    clusters, sizes = np.unique(labels, return_counts=True)
+    position = np.searchsorted(clusters, labels)
+    overlap = np.zeros((len(sets), len(clusters)), dtype=int)
+    np.add.at(overlap, (np.repeat(np.arange(len(sets)), sets.shape[1]), position[sets].ravel()), 1)
+    p = hypergeom.sf(overlap - 1, len(labels), sets.shape[1], sizes[None, :])
+    return np.where(overlap > 0, p, 1.0).min(axis=1)
 
 
 def exact_p(null: np.ndarray, observed: float) -> float:

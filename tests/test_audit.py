@@ -144,4 +144,6 @@ def test_demo_audit_reads_the_environment(demo_run):
 def test_dimension_mismatch_is_listed(demo_run):
     model = demo_run.model("hepg2_fewshot")
     broken = replace(model, var_dims={**model.var_dims, "pert_dim": 99})
-    assert dimension_mismatches(dimensions(broken)) == ["pert_dim: checkpoint 79, pert_onehot_map 79, var_dims 99"]
+    width = model.pert_onehots.shape[1]
+    assert dimension_mismatches(dimensions(broken)) == [f"pert_dim: checkpoint {width}, pert_onehot_map {width}, "
+                                                         "var_dims 99"]

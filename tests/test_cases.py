@@ -69,3 +69,85 @@ def test_duplicate_case_ids_across_hypotheses_are_errors(write):
     first = spec(write)
     with pytest.raises(SpecError, match="two cases share the id"):
         expand_all([first, first], MODELS)
+
+
+@pytest.mark.parametrize("where, culprit", [
+    ("{model: jurkat_fewshoot}", "did you mean 'jurkat_fewshot'"),
+    ("{cell_line: hepg3}", "did you mean 'hepg2'"),
+    ("{split: fewshots}", "did you mean 'fewshot'"),
+    ("{backbone: gtp2}", "did you mean 'gpt2'"),        # a fixed vocabulary, whatever the registry holds
+])
+def test_an_expectation_naming_what_the_registry_lacks_is_an_error(write, where, culprit):
+    """It would silently match no case, and the expectation would never be checked."""
+    expected = f"""    expected:
+          - {{where: {where}, verdict: fail}}"""
+    with pytest.raises(SpecError, match=culprit) as info:
+        expand(spec(write, expected=expected), MODELS)
+    assert "h.yaml, line 9" in str(info.value) and "no registry model has" in str(info.value)
+
+
+EXPECTATIONS = """
+schema_version: 1
+expectations:
+  h:
+    - {where: {model: hepg2_fewshot, pathway: decoy}, verdict: fail, reason: nothing planted}
+    - {where: {pathway: ribosome}, verdict: exploratory}
+  another-hypothesis-of-another-folder:
+    - {where: {}, verdict: pass}
+"""
+
+
+def test_an_expectations_file_adds_known_outcomes_to_the_hypotheses_it_names(write):
+    from suite.spec import load_expectations
+
+    specs = load_expectations(write("expected.yaml", EXPECTATIONS), [spec(write)])
+    cases = {c.case_id: c for c in expand(specs[0], MODELS)}
+    assert cases["h-hepg2_fewshot-decoy"].expected.verdict == "fail"
+    assert cases["h-jurkat_fewshot-decoy"].expected is None
+    assert {cases[f"h-{m.name}-ribosome"].expected.verdict for m in MODELS} == {"exploratory"}
+
+
+@pytest.mark.parametrize("edit, culprit", [
+    (("verdict: exploratory", "verdict: either"), "'either'"),
+    (("{pathway: ribosome}", "{pathway: ribosme}"), "did you mean 'ribosome'"),
+    (("{pathway: ribosome}", "{pathwy: ribosome}"), "did you mean 'pathway'"),
+])
+def test_mistakes_in_an_expectations_file_name_its_line(write, edit, culprit):
+    from suite.spec import load_expectations
+
+    hypothesis = spec(write)
+    path = write("expected.yaml", EXPECTATIONS.replace(*edit))
+    with pytest.raises(SpecError, match=culprit) as info:
+        specs = load_expectations(path, [hypothesis])
+        expand(specs[0], MODELS)
+    assert f"{path}, line" in str(info.value)
+
+
+def test_a_model_missing_from_the_registry_in_an_expectations_file_is_an_error(write):
+    from suite.spec import load_expectations
+
+    path = write("expected.yaml", EXPECTATIONS.replace("model: hepg2_fewshot", "model: k562_fewshot"))
+    specs = load_expectations(path, [spec(write)])
+    with pytest.raises(SpecError, match="model 'k562_fewshot', which no registry model has") as info:
+        expand(specs[0], MODELS)
+    assert f"{path}, line 4" in str(info.value) and "expectations.h.where.model" in str(info.value)
+
+
+def test_an_id_one_typo_from_a_hypothesis_of_the_run_is_an_error(write):
+    from dataclasses import replace
+
+    from suite.spec import load_expectations
+
+    hypothesis = replace(spec(write), id="coherence")
+    path = write("expected.yaml", EXPECTATIONS.replace("  h:", "  coherense:"))
+    with pytest.raises(SpecError, match="no hypothesis has the id 'coherense'") as info:
+        load_expectations(path, [hypothesis])
+    assert f"{path}, line 3" in str(info.value) and "did you mean 'coherence'" in str(info.value)
+
+
+def test_a_shared_hypothesis_file_may_expect_things_of_models_this_registry_lacks(write):
+    """`split: zeroshot` in a file that several registries share is no mistake in a fewshot-only run."""
+    expected = """    expected:
+          - {where: {split: zeroshot}, verdict: fail}"""
+    cases = expand(spec(write, expected=expected), MODELS[:2])
+    assert all(c.expected is None for c in cases)

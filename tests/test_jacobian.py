@@ -68,3 +68,118 @@ def test_a_failed_specificity_condition_fails_the_verdict():
     assert verdict == "fail" and "specificity: p = 0.01" in reason
     held = Evidence("r", 0.9, 0.9, None, 0.01, {}, "null", 0, conditions=((True, "specificity ok"),))
     assert decide(held, PassRule())[0] == "pass"
+
+
+# ---- the KD is the unit of replication ---------------------------------------------------------
+
+GENES = tuple(f"G{i}" for i in range(12))
+
+
+class _Jacobians:
+    """A run context of one model whose targeted Jacobians are given: J[kd][regulator] -> [G]."""
+
+    def __init__(self, kds: list[str], jac: dict):
+        from types import SimpleNamespace
+
+        self.jac = jac
+        self.m = SimpleNamespace(name="m", gene_names=GENES, kd_names=tuple(kds),
+                                 gene_universe=frozenset(GENES + tuple(kds)),
+                                 cells=torch.arange(1.0, 13.0).repeat(4, 1), cell_set_len=4,
+                                 pert_index=list(kds).index)
+
+    def model(self, name):
+        return self.m
+
+    def n_orderings(self, name, requested):
+        return 1
+
+    def output_shifts(self, name, size, seed, n_orderings, sampling="random"):
+        return np.ones((len(self.m.kd_names), len(GENES)))
+
+    def learnedness(self, name):
+        from suite.learnedness import from_checkpoint
+
+        return from_checkpoint(self.m.kd_names, np.zeros(len(self.m.kd_names), dtype=bool), "every KD trained")
+
+    def jacobians(self, name, kds, regulators, mode, size, seed, n_orderings):
+        return np.stack([[self.jac[k][r] for r in regulators] for k in kds])
+
+
+def _case(write, pathway_kds, unrelated_kds, probe="targeted_jacobian"):
+    from suite.cases import ModelInfo, expand
+    from suite.spec import load_spec_file
+
+    panels = write("panels.yaml", f"""
+        schema_version: 1
+        pathways:
+          p: {{kds: [{", ".join(pathway_kds)}], genes: [G0, G1, G2, G3], regulators: [G0, G1], targets: [G2, G3, G4],
+              unrelated_kds: [{", ".join(unrelated_kds)}]}}
+          other: {{kds: [G5], genes: [G5, G6, G7, G8, G9, G10, G11]}}
+        """)
+    spec = load_spec_file(write("h.yaml", f"""
+        schema_version: 1
+        panels: [{panels}]
+        hypotheses:
+          - {{id: h, claim: c, probe: {probe}, axes: {{model: all, pathway: [p]}}, params: {{n_bootstrap: 99}}}}
+        """))[0]
+    return expand(spec, [ModelInfo("m", "x", "fewshot")])[0]
+
+
+def _sensitivities(pathway_kds, unrelated_kds, elevated, seed=0):
+    """|J| of 1 +- noise on every (regulator, output gene); 3 on the panel's targets under `elevated` KDs."""
+    rng = np.random.default_rng(seed)
+    jac = {}
+    for kd in pathway_kds + unrelated_kds:
+        jac[kd] = {r: 1 + 0.05 * rng.random(12) for r in GENES}
+        if kd in elevated:
+            for r in ("G0", "G1"):
+                jac[kd][r][[2, 3, 4]] += 2.0
+    return jac
+
+
+def _evaluate(case, ctx):
+    """(verdict, reason, evidence) of the case's check, as suite/runner.py decides it."""
+    from suite.checks import CHECKS
+    from suite.errors import Inconclusive
+
+    try:
+        evidence = CHECKS[case.spec.probe].run(case, ctx)
+    except Inconclusive as exc:
+        return "inconclusive", exc.reason, None
+    return (*decide(evidence, case.spec.pass_rule), evidence)
+
+
+def test_a_panel_of_three_against_three_kds_is_inconclusive(write):
+    """Every pair of 3 pathway vs 3 unrelated KDs elevated: a signed-rank test over the 6 pairs gave
+    p = 1/64, but the pairs share their KDs; 20 relabelings of the KDs cannot reach p < 0.05."""
+    path, other = ["A1", "A2", "A3"], ["B1", "B2", "B3"]
+    ctx = _Jacobians(path + other, _sensitivities(path, other, set(path)))
+    for probe in ("targeted_jacobian", "jacobian_routing_score"):
+        verdict, reason, _ = _evaluate(_case(write, path, other, probe), ctx)
+        assert verdict == "inconclusive" and "20 relabelings" in reason, (probe, reason)
+
+
+def test_one_kd_elevating_every_pair_is_not_a_pathway_effect(write):
+    """One of 8 pathway KDs raises the sensitivity of every (regulator, target) pair: pair-level means
+    are all above the unrelated KDs' (a pair-level test passes), but the KDs as a group are not."""
+    path, other = [f"A{i}" for i in range(8)], [f"B{i}" for i in range(8)]
+    ctx = _Jacobians(path + other, _sensitivities(path, other, {"A0"}))
+    verdict, reason, evidence = _evaluate(_case(write, path, other), ctx)
+    assert verdict == "fail" and evidence.p > 0.1, reason
+    ctx = _Jacobians(path + other, _sensitivities(path, other, set(path[:6])))
+    verdict, reason, evidence = _evaluate(_case(write, path, other), ctx)
+    assert verdict == "pass" and evidence.p < 0.05 and evidence.n["pathway_kds"] == 8, reason
+
+
+def test_unrelated_kds_are_matched_in_magnitude_to_the_pathway_kds():
+    from types import SimpleNamespace
+
+    from suite.checks.jacobian import _magnitude_matched
+
+    names = [f"K{i}" for i in range(20)]
+    model = SimpleNamespace(kd_names=tuple(names))
+    magnitude = np.arange(20.0)                       # K0 weakest ... K19 strongest
+    chosen = _magnitude_matched(names[:16], ["K17", "K18", "K19"], magnitude, model, 6)
+    assert chosen == ["K10", "K11", "K12", "K13", "K14", "K15"]     # the strongest of the pool
+    weak = _magnitude_matched(names[5:], ["K0", "K1"], magnitude, model, 2)
+    assert weak == ["K5", "K6"]

@@ -79,3 +79,64 @@ def test_a_reinitialised_copy_computes_its_knockouts_instead_of_reading_the_trai
     matrix, rows, source = ctx.knockouts(reinitialised_name("j", 0), ("RPL3", "MYC"), "non-targeting", 32, 0, 1)
     assert rows == ("RPL3", "MYC") and source.startswith("predicted")
     assert matrix.shape == (2, 200) and not np.array_equal(matrix, np.arange(400).reshape(2, 200))
+
+
+def _planted_ko(tmp_path, model, seed=0):
+    """A precomputed KO matrix over 60 of the model's genes: 20 'uninformative' genes whose profiles
+    are the common KO response (one direction, varied size, small noise), 8 'program' genes sharing a
+    direction of their own, the rest private directions; sizes alike throughout."""
+    rng = np.random.default_rng(seed)
+    genes = list(model.gene_names[:60])
+    generic, program = rng.normal(size=200), rng.normal(size=200)
+    ko = rng.normal(size=(60, 200))
+    ko[:20] = generic + 0.4 * rng.normal(size=(20, 200))
+    ko[20:28] = program + 0.9 * rng.normal(size=(8, 200))
+    ko *= rng.uniform(0.5, 2.0, (60, 1)) / np.linalg.norm(ko, axis=1, keepdims=True)
+    np.save(tmp_path / "ko.npy", ko)
+    (tmp_path / "genes.txt").write_text("\n".join(genes) + "\n")
+    return ko, genes
+
+
+@pytest.mark.parametrize("null_match, trap_verdict", [("ko_norm", "pass"), ("genericness", "fail")])
+def test_ko_coherence_of_genes_the_model_reads_alike_is_not_a_pass(demo_registry, tmp_path, write, null_match,
+                                                                   trap_verdict):
+    """Genes whose KO profiles are the model's common response look coherent under KO-norm strata (the
+    old default passes them); strata of genericness do not, and a real shared program still passes."""
+    from fixtures.registry import KnockoutEntry
+    from suite.cases import Case
+    from suite.checks.knockout import coherence
+    from suite.spec import load_spec_file
+    from suite.stats import cosine_similarity_matrix
+    from suite.verdicts import decide
+
+    entry = demo_registry["jurkat_fewshot"]
+    registry = {"j": replace(entry, name="j", knockout=KnockoutEntry(str(tmp_path / "ko.npy"),
+                                                                      str(tmp_path / "genes.txt")))}
+    ctx = RunContext(registry, torch.device("cpu"))
+    ko, genes = _planted_ko(tmp_path, ctx.model("j"))
+    panels = write("panels.yaml", f"""
+        schema_version: 1
+        pathways:
+          uninformative: {{genes: [{", ".join(genes[2:10])}]}}
+          program: {{genes: [{", ".join(genes[20:28])}]}}
+        """)
+    (spec,) = load_spec_file(write("ko.yaml", f"""
+        schema_version: 1
+        panels: [{panels}]
+        hypotheses:
+          - id: ko
+            claim: c
+            probe: knockout_coherence
+            axes: {{model: all, pathway: all}}
+            params: {{null_match: {null_match}, n_permutations: 999, n_bootstrap: 500, exclude_self: false}}
+        """))
+    found = {}
+    for pathway in ("uninformative", "program"):
+        evidence = coherence(Case(f"ko-j-{pathway}", spec, {"model": "j", "pathway": pathway}, None), ctx)
+        found[pathway] = decide(evidence, spec.pass_rule)[0]
+        members = list(range(2, 10)) if pathway == "uninformative" else list(range(20, 28))
+        sim = cosine_similarity_matrix(ko)                # the effect by hand: mean member pair - mean pair
+        within = sim[np.ix_(members, members)][np.triu_indices(8, 1)].mean()
+        assert evidence.effect == pytest.approx(within - sim[np.triu_indices(60, 1)].mean(), abs=1e-9)
+        assert evidence.ci[0] <= evidence.effect <= evidence.ci[1]
+    assert found == {"uninformative": trap_verdict, "program": "pass"}

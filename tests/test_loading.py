@@ -46,7 +46,7 @@ def test_demo_models_load_with_their_genes_and_cells(demo_run):
     assert hepg2.gene_source == "var_dims.pkl gene_names"
     # jurkat's var_dims.pkl lists all 240 measured genes, so the names come from the cells
     assert jurkat.gene_source.startswith("control cells")
-    assert hepg2.control_pert == "non-targeting" and len(hepg2.kd_names) == 78
+    assert hepg2.control_pert == "non-targeting" and len(hepg2.kd_names) == 94
     assert not hepg2.module.training
     assert hepg2.fingerprint.startswith("sha256:") and hepg2.fingerprint != jurkat.fingerprint
 
@@ -168,3 +168,45 @@ def test_registry_paths_and_environment(write, monkeypatch, tmp_path):
 def test_demo_registry_points_at_the_bundled_models(demo_registry):
     assert set(demo_registry) == {"hepg2_fewshot", "jurkat_fewshot", "hepg2_zeroshot"}
     assert all(e.model_dir.parent == DEMO / "models" for e in demo_registry.values())
+
+
+def test_the_perturbed_entry_defaults_to_the_cells_entry(write):
+    registry = write("r.yaml", f"""
+        schema_version: 1
+        models:
+          a:
+            model_dir: {DEMO / 'models/hepg2_fewshot'}
+            cells: {{path: {DEMO / 'cells/hepg2.h5ad'}, obs_column: gene, control_value: non-targeting}}
+            perturbed: {{min_cells: 5}}
+            cell_line: hepg2
+            split: fewshot
+          b:
+            model_dir: {DEMO / 'models/hepg2_fewshot'}
+            cells: {{path: {DEMO / 'cells/hepg2.h5ad'}, obs_column: gene, control_value: non-targeting}}
+            perturbed: {{path: screen.h5ad, obs_column: sgRNA_target}}
+            cell_line: hepg2
+            split: fewshot
+        """)
+    entries = load_registry(registry)
+    a, b = entries["a"].perturbed, entries["b"].perturbed
+    assert (a.path, a.obs_column, a.control_value, a.min_cells) == (str(DEMO / "cells/hepg2.h5ad"), "gene",
+                                                                    "non-targeting", 5)
+    assert b.path == str(registry.parent / "screen.h5ad") and b.obs_column == "sgRNA_target"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"path": "/nowhere/screen.h5ad"}, "perturbed-cells file not found. Fix 'perturbed.path'"),
+    ({"obs_column": "guide"}, "Columns: gene, cell_type, gem_group. Fix 'perturbed.obs_column'"),
+    ({"control_value": "NT"}, "no cells have gene == 'NT'"),
+])
+def test_perturbed_cell_problems_name_the_field(demo_registry, change, message):
+    from suite.session import RunContext
+
+    entry = demo_registry["hepg2_fewshot"]
+    broken = replace(entry, perturbed=replace(entry.perturbed, **change))
+    ctx = RunContext({"hepg2_fewshot": broken}, CPU)
+    with pytest.raises(ModelLoadError) as info:
+        ctx.learnedness("hepg2_fewshot")
+    assert message in str(info.value)
+    if "control" in message:
+        assert "Fix 'perturbed.control_value'" in str(info.value)

@@ -77,3 +77,28 @@ def test_auroc_matches_its_definition():
     members = np.array([False, True, False, True, True])
     pairs = [(a, b) for a in scores[members] for b in scores[~members]]
     assert auroc(scores, members) == pytest.approx(np.mean([a > b for a, b in pairs]))
+
+
+def test_label_test_enumerates_small_designs_like_an_exact_mann_whitney():
+    from scipy.stats import mannwhitneyu
+
+    from suite.matrix_tests import label_test
+
+    rng = np.random.default_rng(3)
+    scores, members = rng.normal(size=11), np.array([True] * 5 + [False] * 6)
+    scores[:5] += 0.8
+    result = label_test(scores, members, 999, rng)
+    reference = mannwhitneyu(scores[members], scores[~members], alternative="greater", method="exact")
+    assert result.exact and len(result.null) == 462                 # C(11, 5)
+    assert result.p == pytest.approx(reference.pvalue)
+    assert result.auroc == pytest.approx(reference.statistic / 30)
+    assert result.smallest_p == pytest.approx(1 / 462)
+
+
+def test_label_test_cannot_go_below_one_over_the_relabelings():
+    """3 pathway KDs vs 3 unrelated KDs, perfectly separated: p is 1/20, never below 0.05."""
+    from suite.matrix_tests import label_test
+
+    result = label_test(np.array([5.0, 6, 7, 1, 2, 3]), np.array([True] * 3 + [False] * 3), 999,
+                        np.random.default_rng(0))
+    assert result.p == pytest.approx(1 / 20) and result.smallest_p == pytest.approx(1 / 20)

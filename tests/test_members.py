@@ -32,3 +32,53 @@ def test_a_name_nobody_knows_is_an_error_with_close_matches_and_the_panel_line()
 def test_too_few_present_is_inconclusive_with_the_reason():
     with pytest.raises(Inconclusive, match=r"only 2 of 3 KDs of pathway 'ribosome'.*need at least 3.*RPS6"):
         resolve(["RPL3", "RPL7", "RPS6"])
+
+
+# ---- the learned KDs a set test runs over (suite/checks/common.scope) ---------------------------
+
+class _Judged:
+    """A run context whose only model has a given learnedness table."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def learnedness(self, name):
+        return self.table
+
+
+def _table(statuses: dict[str, str]):
+    import numpy as np
+
+    from suite.learnedness import Learnedness
+
+    kds = tuple(statuses)
+    low = np.array([0.2 if s == "learned" else -0.5 for s in statuses.values()])
+    high = np.array([0.6 if s != "not learned" else -0.1 for s in statuses.values()])
+    untrained = np.array([s == "untrained" for s in statuses.values()])
+    return Learnedness(kds, (low + high) / 2, low, high, np.full(len(kds), 30), untrained, "observed cells")
+
+
+def _scope(statuses, members, min_members=3):
+    from types import SimpleNamespace
+
+    from suite.checks.common import scope
+
+    panel = Panel("p", tuple(members), (), file="panels.yaml", line=2)
+    params = SimpleNamespace(on_unknown="error", min_members=min_members)
+    return scope(_Judged(_table(statuses)), ["m"], panel.kds, panel, tuple(statuses), frozenset(statuses), params)
+
+
+def test_a_set_test_runs_over_the_learned_kds_only():
+    statuses = {f"L{i}": "learned" for i in range(10)} | {"U1": "not learned", "U2": "undetermined", "U3": "untrained"}
+    found = _scope(statuses, ["L0", "L1", "L2", "U1"])
+    assert found.kds == [f"L{i}" for i in range(10)]
+    assert found.present == ["L0", "L1", "L2"] and list(found.members) == [0, 1, 2]
+    assert found.learned["members"] == "3 of 4" and found.learned["left_out"] == {"U1": "not learned"}
+
+
+def test_a_set_whose_members_are_mostly_not_learned_is_inconclusive():
+    statuses = {f"L{i}": "learned" for i in range(10)} | {f"U{i}": "untrained" for i in range(5)}
+    with pytest.raises(Inconclusive) as info:
+        _scope(statuses, ["L0", "L1", "U0", "U1", "U2"])
+    assert "2 of the 5 KDs of pathway 'p' are learned" in info.value.reason
+    assert "U0 (untrained)" in info.value.reason

@@ -14,6 +14,7 @@ schema_version: 1
 pathways:
   tiny: {kds: [RPL3, RPL5, RPS6]}        # RPL5 and RPS6 are genes of the model, not KDs
   typo: {kds: [RPL3, RPL7, RPS3X]}       # RPS3X is nobody's gene
+  mixed: {kds: [RPL3, MRPL3, PSMA1, SF3B1, SEC61A1, MYC]}   # learned KDs of different programs: a fail
 """
 
 HYPOTHESES = f"""
@@ -23,12 +24,12 @@ hypotheses:
   - id: coh
     claim: Pathway KDs <b>cluster</b>.
     probe: pert_embedding_coherence
-    axes: {{model: [hepg2_fewshot], pathway: [ribosome, decoy, tiny, typo]}}
+    axes: {{model: [hepg2_fewshot], pathway: [ribosome, mixed, tiny, typo]}}
     params: {{n_permutations: 199, n_bootstrap: 199}}
     expected:
-      - where: {{pathway: decoy}}
+      - where: {{pathway: mixed}}
         verdict: fail
-        reason: no planted program
+        reason: no shared program
   - id: rep
     claim: Ribosome KDs cluster by ΔY.
     probe: representation_clusters
@@ -42,6 +43,15 @@ hypotheses:
     expected:
       - where: {{pathway: ribosome}}
         verdict: fail
+  - id: explore
+    claim: A case with no known answer.
+    probe: pert_embedding_coherence
+    axes: {{model: [hepg2_fewshot], pathway: [mixed]}}
+    params: {{n_permutations: 199, n_bootstrap: 199}}
+    expected:
+      - where: {{}}
+        verdict: exploratory
+        reason: nobody knows
 """
 
 
@@ -65,10 +75,12 @@ def test_cases_have_readable_ids_and_verdicts_map_to_outcomes(demo_run_result):
     out = result.stdout
     assert result.returncode == 1, out          # the strict flip and the typo fail the run
     assert "test_hypothesis[coh-hepg2_fewshot-ribosome] PASSED" in out
-    assert "test_hypothesis[coh-hepg2_fewshot-decoy] XFAIL" in out
+    assert "test_hypothesis[coh-hepg2_fewshot-mixed] XFAIL" in out
     assert "test_hypothesis[coh-hepg2_fewshot-tiny] SKIPPED" in out
     assert "test_hypothesis[coh-hepg2_fewshot-typo] FAILED" in out
     assert "test_hypothesis[flip-hepg2_fewshot-ribosome] FAILED" in out and "XPASS(strict)" in out
+    assert "test_hypothesis[explore-hepg2_fewshot-mixed] EXPLORATORY (fail)" in out    # not failed, not xfail
+    assert "1 exploratory" in out.splitlines()[-1]
     assert "only 1 of 3 KDs of pathway 'tiny'" in out
     assert "RPS3X (did you mean RPS3" in out
 
@@ -86,8 +98,11 @@ def test_run_record_is_written_with_the_contract_fields(demo_run_result):
     assert {"order_dependence", "coupling_mean", "repeat_difference", "dimensions", "warnings"} <= set(audit)
     assert "audit" not in run["models"]["jurkat_fewshot"]
     cases = {c["case_id"]: c for c in document["cases"]}
-    assert set(cases) == {"coh-hepg2_fewshot-ribosome", "coh-hepg2_fewshot-decoy", "coh-hepg2_fewshot-tiny",
-                          "coh-hepg2_fewshot-typo", "flip-hepg2_fewshot-ribosome", "rep-hepg2_fewshot-ribosome"}
+    assert set(cases) == {"coh-hepg2_fewshot-ribosome", "coh-hepg2_fewshot-mixed", "coh-hepg2_fewshot-tiny",
+                          "coh-hepg2_fewshot-typo", "flip-hepg2_fewshot-ribosome", "rep-hepg2_fewshot-ribosome",
+                          "explore-hepg2_fewshot-mixed"}
+    explore = cases["explore-hepg2_fewshot-mixed"]
+    assert (explore["verdict"], explore["expected"], explore["outcome"]) == ("fail", "exploratory", "exploratory")
     rep = cases["rep-hepg2_fewshot-ribosome"]
     assert rep["verdict"] == "pass" and rep["value"] > 2 and rep["details"]["table"][0]["overlap"] == 8
     ribo = cases["coh-hepg2_fewshot-ribosome"]
@@ -98,8 +113,8 @@ def test_run_record_is_written_with_the_contract_fields(demo_run_result):
     assert ribo["verdict"] == "pass" and ribo["outcome"] == "passed"
     assert ribo["ci"][0] <= ribo["effect"] <= ribo["ci"][1]
     assert 0 < ribo["p"] <= ribo["q"] <= 1
-    decoy, tiny, typo = (cases[f"coh-hepg2_fewshot-{p}"] for p in ("decoy", "tiny", "typo"))
-    assert decoy["outcome"] == "xfailed" and decoy["expected"] == "fail"
+    mixed, tiny, typo = (cases[f"coh-hepg2_fewshot-{p}"] for p in ("mixed", "tiny", "typo"))
+    assert mixed["outcome"] == "xfailed" and mixed["expected"] == "fail"
     assert tiny["verdict"] == "inconclusive" and tiny["q"] is None
     assert typo["verdict"] == "error" and "RPS3X" in typo["reason"]
     assert cases["flip-hepg2_fewshot-ribosome"]["outcome"] == "xpassed-strict"
@@ -127,9 +142,10 @@ def test_junit_xml_of_the_same_run_maps_verdicts_like_pytest(demo_run_result):
     assert outcome["coh-hepg2_fewshot-ribosome"] == []
     assert outcome["coh-hepg2_fewshot-typo"] == ["error"]
     assert outcome["flip-hepg2_fewshot-ribosome"] == ["failure"]
-    assert cases["coh-hepg2_fewshot-decoy"].find("skipped").get("type") == "pytest.xfail"
+    assert cases["coh-hepg2_fewshot-mixed"].find("skipped").get("type") == "pytest.xfail"
     assert cases["coh-hepg2_fewshot-tiny"].find("skipped").get("type") == "pytest.skip"
-    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("6", "1", "1")
+    assert outcome["explore-hepg2_fewshot-mixed"] == []
+    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("7", "1", "1")
     ribo = {p.get("name"): p.get("value") for p in cases["coh-hepg2_fewshot-ribosome"].iter("property")}
     assert ribo["verdict"] == "pass" and float(ribo["q"]) == pytest.approx(
         next(c["q"] for c in record["cases"] if c["case_id"] == "coh-hepg2_fewshot-ribosome"))

@@ -14,7 +14,7 @@ from probes.routing import (
     svd_axes,
 )
 
-from .helpers import tiny_state_model
+from .helpers import ROOT, tiny_state_model
 
 ORDERINGS = torch.stack([torch.arange(8), torch.arange(8).flip(0)])
 
@@ -137,3 +137,46 @@ def test_cell_samplings_choose_what_they_say():
     assert len(set(select_cells(cells, 10, 1, "random")[:, 0].tolist())) == 10
     with pytest.raises(ValueError, match="sampling must be one of"):
         select_cells(cells, 4, 0, "largest")
+
+
+def _whole_model_case(write, probe: str):
+    """The demo's own settings (hypotheses/routing.yaml: 4 cell orderings) with 2 re-initialised copies."""
+    from suite.cases import ModelInfo, expand
+    from suite.spec import load_spec_file
+
+    spec = load_spec_file(write("h.yaml", f"""
+        schema_version: 1
+        panels: [{ROOT / "hypotheses/panels/demo_pathways.yaml"}]
+        hypotheses:
+          - {{id: h, claim: c, probe: {probe}, axes: {{model: all}},
+              params: {{n_bootstrap: 99, n_permutations: 199, cell_orderings: 4, reinit_copies: 2}}}}
+        """))[0]
+    return expand(spec, [ModelInfo("hepg2_fewshot~reinit0", "hepg2", "fewshot")])[0]
+
+
+@pytest.fixture(scope="module")
+def demo_run_cached(demo_registry, demo_report):
+    """The demo models with the demo run's probe cache (its Jacobians of re-initialised copies)."""
+    from suite.cache import ArrayCache
+    from suite.runinfo import versions
+    from suite.session import RunContext
+
+    return RunContext(demo_registry, torch.device("cpu"), cache=ArrayCache(demo_report.parent.parent / "cache",
+                                                                           salt=versions()))
+
+
+@pytest.mark.parametrize("probe", ["routing_output_correlation", "routing_cluster_sharing"])
+def test_a_re_initialised_model_does_not_pass_a_whole_model_routing_check(write, demo_run_cached, probe):
+    """An untrained copy of a demo model clears the seeds' rule (r > 0.3, Mantel p < 0.05) as the
+    trained model does; what it cannot do is beat its own re-initialised copies more than by chance,
+    and here it does not: the selectivity condition fails it."""
+    from suite.checks import CHECKS
+    from suite.verdicts import decide
+
+    case = _whole_model_case(write, probe)
+    evidence = CHECKS[probe].run(case, demo_run_cached)
+    verdict, reason = decide(evidence, case.spec.pass_rule)
+    assert evidence.p < 0.05 and evidence.effect > 0, reason                    # the rule without selectivity ...
+    assert probe != "routing_output_correlation" or evidence.value > 0.3, reason  # ... holds
+    assert verdict == "fail" and "selectivity" in reason and evidence.details["selectivity"]["margin"] <= 0, reason
+    assert len(evidence.details["selectivity"]["reinitialised"]) == 2

@@ -16,7 +16,7 @@ from .helpers import PANELS
 # the loader's own vocabulary, so random documents get deep into validation, not just the top key
 WORDS = ["schema_version", "panels", "hypotheses", "definitions", "id", "claim", "probe", "axes", "params",
          "pass_rule", "expected", "where", "verdict", "reason", "tolerance", "model", "pathway", "model_pair",
-         "all", "cross_line", "ribosome", "decoy", "pass", "fail", "either", "p_below", "effect_above",
+         "all", "cross_line", "ribosome", "decoy", "pass", "fail", "exploratory", "p_below", "effect_above",
          "n_permutations", "seed", "null_model", "effect", "value", "p", *CHECKS]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10_000), st.floats(allow_nan=True),
                     st.sampled_from(WORDS), st.text(max_size=8), st.just(str(PANELS)), st.just(1))

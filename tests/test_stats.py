@@ -198,3 +198,46 @@ def test_bootstrap_ci_covers_the_statistic_and_shrinks_with_agreement():
     assert low <= observed <= high
     wide_low, wide_high = stats.bootstrap_ci(lambda s: stats.mean_pairwise(sim, s), np.arange(20, 28), rng, 500)
     assert (high - low) < (wide_high - wide_low)
+
+
+def test_best_cluster_p_is_the_smallest_hypergeometric_p_of_the_enrichment_table():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(1, 6, 60)
+    sets = np.stack([rng.choice(60, 7, replace=False) for _ in range(20)])
+    expected = [min(row["p"] for row in stats.cluster_enrichment(labels, s) if row["overlap"] > 0) for s in sets]
+    assert stats.best_cluster_p(labels, sets) == pytest.approx(expected)
+
+
+def _set_null_agreement_p(emb_a, emb_b, members, rng, k=5, n_perm=499) -> float:
+    """The consistency checks' null: both models kept, random KD sets in place of the pathway."""
+    from types import SimpleNamespace
+
+    from suite.checks.common import null_sets
+
+    nn_a, nn_b = (stats.knn_table(stats.cosine_similarity_matrix(e), k) for e in (emb_a, emb_b))
+    params = SimpleNamespace(null_model="label_permutation", seed=int(rng.integers(1 << 30)), n_permutations=n_perm,
+                             stratum_size=10)
+    null = np.array([stats.neighbour_agreement(nn_a, nn_b, s) for s in null_sets(params, members, len(emb_a), None)])
+    return stats.exact_p(null, stats.neighbour_agreement(nn_a, nn_b, members))
+
+
+def _clustered_models(rng, shared_rest: bool, n=80, d=16):
+    """Two models of 8 clusters of 10 KDs; the pathway (cluster 0) has the same neighbourhood in both;
+    the other clusters are the same in both models (`shared_rest`) or arranged independently."""
+    labels = np.arange(n) // 10
+    emb_a = (rng.normal(size=(8, d)) * 3)[labels] + rng.normal(size=(n, d))
+    emb_b = emb_a + 0.3 * rng.normal(size=(n, d))        # the same model, up to noise
+    if not shared_rest:     # outside the pathway, model B's KDs sit where other KDs sit in model A
+        rest = np.arange(10, n)
+        emb_b[rest] = emb_b[rng.permutation(rest)]
+    return emb_a, emb_b, np.arange(10)
+
+
+def test_the_set_null_of_consistency_singles_out_the_pathway():
+    """When two models agree on every KD's neighbourhood, a pathway's agreement is nothing special
+    (a relabeling null would pass it); when they agree on the pathway only, it passes."""
+    rng = np.random.default_rng(8)
+    everywhere = [_set_null_agreement_p(*_clustered_models(rng, True), rng) for _ in range(40)]
+    pathway_only = [_set_null_agreement_p(*_clustered_models(rng, False), rng) for _ in range(40)]
+    assert _rate(everywhere) <= 0.15
+    assert _rate(pathway_only) >= 0.9

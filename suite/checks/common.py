@@ -1,23 +1,40 @@
-"""What the KD-set checks share: their null models, sample sizes and how they describe them."""
+"""What the KD-set checks share: the KDs they run over, their null models, sample sizes and how
+they describe them.
+
+A model maps the KDs whose own response it did not learn onto one generic response, so any set of
+them looks "coherent". Every KD-set test therefore runs over the KDs the model learned
+(suite/learnedness.py: judged on observed perturbed cells when the registry gives them, else every
+KD but those whose encoder column training never moved), and a set whose members are mostly known
+not to be learned is inconclusive (`scope`). Within those KDs the default null keeps the members'
+count in each stratum of KDs of similar effect magnitude: KDs with weak effects sit together near
+the control, which a plain label permutation reads as coherence.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .. import stats
+from ..errors import Inconclusive
+from .members import resolve_members
+
+if TYPE_CHECKING:
+    from ..panels import Panel
+    from ..session import RunContext
 
 Magnitude = Callable[[], np.ndarray]
+NullModel = Literal["magnitude_stratified", "label_permutation"]
 
 
 @dataclass(frozen=True)
 class NullParams:
     """Parameters every KD-set test shares: its null, its sample sizes and its seed."""
 
-    null_model: Literal["magnitude_stratified", "label_permutation"] = "magnitude_stratified"
+    null_model: NullModel = "magnitude_stratified"
     stratum_size: int = 10                 # KDs per stratum of similar effect magnitude
     n_permutations: int = 2000
     n_bootstrap: int = 1000
@@ -32,6 +49,69 @@ class NullParams:
               "layer": (0, 10_000)}
 
 
+@dataclass(frozen=True)
+class Scope:
+    """The KDs a set test runs over, and the pathway's members among them."""
+
+    kds: list[str]             # the KDs the test uses: every KD, or those the model(s) learned
+    rows: np.ndarray           # their positions in the list the check resolved against
+    members: np.ndarray        # positions of the pathway's members within `kds`
+    present: list[str]         # the members used
+    dropped: list[str]         # panel names the model lacks
+    learned: dict = field(default_factory=dict)   # what learnedness left out, for the card ({} if not judged)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        sizes = {"members": len(self.members), "kds": len(self.kds)}
+        if self.learned:
+            sizes |= {"panel_kds_present": self.learned["panel_present"], "kds_judged": self.learned["kds_of"]}
+        return sizes
+
+
+def scope(ctx: RunContext, models: Sequence[str], names: Sequence[str], panel: Panel, kds: Sequence[str],
+          universe: frozenset[str], p, what: str = "KDs") -> Scope:
+    """Resolve `names` (the panel's KDs) against `kds` and keep the KDs every model learned
+    (suite/learnedness.py). A set is inconclusive when most of its members are known not to be learned
+    (judged not learned, untrained, or without observed cells), or fewer than `min_members` are
+    learned: its coherence could be the models' generic response to KDs they did not learn. KDs
+    whose judgement is undetermined are left out of the test but count against no set."""
+    label = " and ".join(models)
+    present, dropped = resolve_members(names, kds, universe, panel=panel, model=label, what=what,
+                                       on_unknown=p.on_unknown, min_members=p.min_members)
+    tables = [ctx.learnedness(m) for m in models]
+    usable = set(kds)
+    status: dict[str, list[str]] = {}
+    for table in tables:
+        index = {k: i for i, k in enumerate(table.kds)}
+        usable &= {k for k in kds if k in index and table.usable[index[k]]}
+        for k in present:
+            status.setdefault(k, []).append(table.status(index[k]) if k in index else "no cells")
+    used = [k for k in present if k in usable]
+    left_out = {k: " / ".join(dict.fromkeys(s)) for k, s in status.items() if k not in usable}
+    against = [k for k, s in status.items() if k not in usable and set(s) & {"not learned", "untrained", "no cells"}]
+    observed = any(t.observed for t in tables)
+    if len(against) > len(present) / 2 or len(used) < p.min_members:
+        shown = ", ".join(f"{k} ({s})" for k, s in list(left_out.items())[:8])
+        rule = ("prediction closer to the observed shift than the generic prediction" if observed else
+                "pert_encoder column moved by training")
+        raise Inconclusive(f"{len(used)} of the {len(present)} {what} of pathway '{panel.name}' are learned by "
+                           f"{label} ({rule}; a test needs {p.min_members} and no majority against): {shown}. "
+                           "KDs a model did not learn share its generic response, so their coherence would not "
+                           "show that the model learned the pathway")
+    kept = [k for k in kds if k in usable]
+    if len(kept) < len(used) + max(2, p.min_members):
+        raise Inconclusive(f"{label} learned only {len(kept)} of {len(kds)} KDs: too few outside the pathway "
+                           "for a null")
+    learned = {}
+    if len(kept) < len(kds) or observed:
+        learned = {"members": f"{len(used)} of {len(present)}", "panel_present": len(present),
+                   "kds": f"{len(kept)} of {len(kds)}", "kds_of": len(kds), "left_out": left_out,
+                   "source": "; ".join(f"{m}: {t.source}" for m, t in zip(models, tables, strict=True))}
+    position, kept_position = {k: i for i, k in enumerate(kds)}, {k: i for i, k in enumerate(kept)}
+    return Scope(kept, np.array([position[k] for k in kept]), np.array([kept_position[k] for k in used]), used,
+                 dropped, learned)
+
+
 def null_sets(p: NullParams, members: np.ndarray, n_kds: int, magnitude: Magnitude) -> np.ndarray:
     """[n_permutations, |members|] random KD sets under the hypothesis's null model."""
     rng = np.random.default_rng(p.seed)
@@ -41,26 +121,11 @@ def null_sets(p: NullParams, members: np.ndarray, n_kds: int, magnitude: Magnitu
     return stats.stratified_sets(rng, strata, members, p.n_permutations)
 
 
-def relabelings(p: NullParams, n_kds: int, magnitude: Magnitude) -> np.ndarray:
-    """[n_permutations, n_kds] relabelings of a second model's KDs under the null model."""
-    rng = np.random.default_rng(p.seed)
-    if p.null_model == "label_permutation":
-        return stats.permutations_within(rng, [np.arange(n_kds)], n_kds, p.n_permutations)
-    strata = stats.magnitude_strata(magnitude(), np.arange(n_kds), p.stratum_size)
-    return stats.permutations_within(rng, strata, n_kds, p.n_permutations)
-
-
 def set_null_text(p: NullParams, n_members: int, n_kds: int, magnitude: str, unit: str = "KDs") -> str:
     if p.null_model == "label_permutation":
         return f"label permutation: {p.n_permutations} random sets of {n_members} of the {n_kds} {unit}"
-    return (f"magnitude-stratified permutation: {p.n_permutations} random sets of {n_members} {unit} with the "
-            f"members' count in each stratum of ~{p.stratum_size} {unit} of similar {magnitude}")
-
-
-def relabel_text(p: NullParams, second: str, n_kds: int, magnitude: str) -> str:
-    where = "among all" if p.null_model == "label_permutation" else \
-        f"within strata of ~{p.stratum_size} KDs of similar {magnitude}, among"
-    return f"{p.n_permutations} relabelings of {second}'s KDs {where} {n_kds} shared KDs"
+    return (f"magnitude-stratified permutation: {p.n_permutations} random sets of {n_members} of the {n_kds} {unit} "
+            f"with the members' count in each stratum of ~{p.stratum_size} {unit} of similar {magnitude}")
 
 
 def histogram(null: np.ndarray, observed: float, bins: int = 30) -> dict:

@@ -1,27 +1,37 @@
 """Targeted Jacobian checks (Option 3, NB03): is dY[target]/dX[regulator] elevated under the
 pathway's KDs, and only for the pathway's targets?
 
-targeted_jacobian        per (regulator, target) pair: mean |J| over the pathway's KDs vs over
-                         unrelated KDs; one-sided Wilcoxon signed-rank over the pairs. Passes only
-                         if the same test on unrelated targets (matched in mean expression) does
-                         *not* pass: elevated sensitivity everywhere is not pathway routing.
+targeted_jacobian        per KD: its mean sensitivity over the panel's (regulator, target) pairs,
+                         each pair's |J| relative to that pair's mean over all compared KDs; do the
+                         pathway's KDs score above the unrelated KDs? Rank-biserial r, permutation of
+                         the KD labels. Passes only if the same test on unrelated targets (matched in
+                         mean expression) does *not* pass: elevated sensitivity everywhere is not
+                         pathway routing.
 jacobian_routing_score   per KD: mean |J| on the pathway's pairs / on matched null pairs (regulator
                          and target from other pathways, similar mean expression); does the score
-                         separate the pathway's KDs from unrelated KDs? AUROC, permutation p.
+                         separate the pathway's KDs from unrelated KDs? AUROC, permutation of the KD
+                         labels.
 
-Unrelated KDs are the panel's `unrelated_kds`, else `n_unrelated` KDs (seeded) that belong to
-no panel of the hypothesis. Every result records the Jacobian mode (per_cell or set).
+The KD is the unit of replication. (regulator, target) pairs measured under the same KDs are not
+independent samples: a signed-rank test over 6 pairs that all share 3 pathway and 3 unrelated KDs
+reached p = 1/64 on models that learned no per-cell sensitivity. Both tests permute KD labels
+(every relabeling when there are few), and a panel whose KDs are too few for any relabeling to
+reach the pass rule's alpha (3 vs 3 KDs: 20 relabelings, smallest p 0.05) is inconclusive.
+
+Unrelated KDs are the panel's `unrelated_kds`, else `n_unrelated` learned KDs that belong to no panel
+of the hypothesis, matched in effect magnitude to the pathway's KDs. Every result records the
+Jacobian mode (per_cell or set).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pingouin
 
-from .. import stats
+from .. import matrix_tests
 from ..errors import Inconclusive
 from ..matrix_tests import auroc
 from ..verdicts import Evidence
@@ -35,9 +45,6 @@ if TYPE_CHECKING:
     from ..panels import Panel
     from ..session import RunContext
 
-MIN_PAIRS = 5          # a one-sided signed-rank test over fewer pairs cannot reach p < 0.05
-
-
 @dataclass(frozen=True)
 class JacobianParams:
     mode: Literal["per_cell", "set"] = "per_cell"
@@ -49,6 +56,7 @@ class JacobianParams:
     min_members: int = 3
     on_unknown: Literal["error", "drop"] = "error"
     n_bootstrap: int = 500
+    n_permutations: int = 2000        # relabelings drawn when there are too many to enumerate
     seed: int = 0
 
     LIMITS = {"n_unrelated": (2, 100_000), "specificity_alpha": (0.0, 1.0), "cell_set_size": (2, 1_000_000),
@@ -58,7 +66,7 @@ class JacobianParams:
 
 @dataclass(frozen=True)
 class RoutingParams(JacobianParams):
-    n_permutations: int = 2000
+    pass
 
 
 @dataclass(frozen=True)
@@ -72,64 +80,97 @@ class PanelDesign:
     null_regulators: list[str]      # matched in mean expression, outside the pathway
     null_targets: list[str]
     dropped: list[str]
+    learned: dict                   # what learnedness left out (common.Scope.learned)
 
 
 def panel_test(case: Case, ctx: RunContext) -> Evidence:
     p: JacobianParams = case.spec.params
     model, design, jac = _prepare(case, ctx, p)
-    n_path = len(design.pathway_kds)
-    main = _pair_means(jac, n_path, design.regulators, design.targets, design, model, p)
-    spec = _pair_means(jac, n_path, design.regulators, design.null_targets, design, model, p)
-    result, specificity = _wilcoxon(*main), _wilcoxon(*spec)
+    labels = _labels(design)
+    scores = _kd_sensitivity(jac, design.regulators, design.targets, design, model, p)
+    spec_scores = _kd_sensitivity(jac, design.regulators, design.null_targets, design, model, p)
     rng = np.random.default_rng(p.seed)
-    boot = [_wilcoxon(*_pair_means(_resample(jac, n_path, rng), n_path, design.regulators, design.targets, design,
-                                   model, p))["rbc"] for _ in range(p.n_bootstrap)]
-    held = specificity["p"] >= p.specificity_alpha
+    result = _label_test(scores, labels, p, case, rng)
+    specificity = matrix_tests.label_test(spec_scores, labels, p.n_permutations, rng)
+    boot = [2 * auroc(scores[picks], labels[picks]) - 1 for picks in _kd_resamples(labels, rng, p.n_bootstrap)]
+    held = specificity.p >= p.specificity_alpha
     return Evidence(
-        statistic=f"rank-biserial r of {_what(p)} (pathway KDs vs unrelated KDs) over (regulator, target) pairs",
-        value=result["rbc"], effect=result["rbc"], ci=common.percentile_ci(boot), p=result["p"],
-        n=_sizes(p, design, ctx, model), seed=p.seed,
-        null="one-sided Wilcoxon signed-rank over (regulator, target) pairs: pathway-KD mean vs unrelated-KD mean",
-        conditions=((held, f"specificity: unrelated targets give p = {specificity['p']:.3g} "
+        statistic=f"rank-biserial r of per-KD {_what(p)} on the panel's pairs (pathway KDs vs unrelated KDs)",
+        value=2 * result.auroc - 1, effect=2 * result.auroc - 1, ci=common.percentile_ci(boot), p=result.p,
+        n=_sizes(p, design, ctx, model) | {"relabelings": len(result.null)}, seed=p.seed,
+        null=_null_text(result, design),
+        conditions=((held, f"specificity: unrelated targets give p = {specificity.p:.3g} "
                            f"({'>=' if held else '<'} {p.specificity_alpha})"),),
-        details={"mode": p.mode, "W": result["W"], "CLES": result["cles"], "specificity_p": specificity["p"],
-                 "specificity_rbc": specificity["rbc"], "pathway_kds": design.pathway_kds,
-                 "unrelated_kds": design.unrelated_kds, "regulators": design.regulators, "targets": design.targets,
-                 "unrelated_targets": design.null_targets, "dropped": design.dropped,
-                 "pathway_mean": float(main[0].mean()), "unrelated_mean": float(main[1].mean())})
+        details={"mode": p.mode, "specificity_p": specificity.p, "specificity_rbc": 2 * specificity.auroc - 1,
+                 "pathway_kds": design.pathway_kds, "unrelated_kds": design.unrelated_kds,
+                 "regulators": design.regulators, "targets": design.targets,
+                 "unrelated_targets": design.null_targets, "dropped": design.dropped, "learned": design.learned,
+                 "scores": {k: float(v) for k, v in zip(_kds(design), scores, strict=True)},
+                 "pathway_mean": float(scores[labels].mean()), "unrelated_mean": float(scores[~labels].mean()),
+                 "null_histogram": common.histogram(2 * result.null - 1, 2 * result.auroc - 1)})
 
 
 def routing_score(case: Case, ctx: RunContext) -> Evidence:
     p: RoutingParams = case.spec.params
     model, design, jac = _prepare(case, ctx, p)
     scores = _routing_scores(jac, design, model, p)
-    kds = design.pathway_kds + design.unrelated_kds
+    kds = _kds(design)
     undefined = [kd for kd, score in zip(kds, scores, strict=True) if not np.isfinite(score)]
     if undefined:
         raise Inconclusive(f"{len(undefined)} of {len(kds)} KDs have zero sensitivity on the matched null pairs, so "
                            f"their routing score is undefined: {', '.join(undefined[:8])}")
-    labels = np.array([True] * len(design.pathway_kds) + [False] * len(design.unrelated_kds))
-    observed = auroc(scores, labels)
+    labels = _labels(design)
     rng = np.random.default_rng(p.seed)
-    null = np.array([auroc(scores, rng.permutation(labels)) for _ in range(p.n_permutations)])
-    boot = []
-    for _ in range(p.n_bootstrap):
-        picks = np.concatenate([rng.choice(np.flatnonzero(labels), labels.sum()),
-                                rng.choice(np.flatnonzero(~labels), (~labels).sum())])
-        boot.append(auroc(scores[picks], labels[picks]) - 0.5)
+    result = _label_test(scores, labels, p, case, rng)
+    boot = [auroc(scores[picks], labels[picks]) - 0.5 for picks in _kd_resamples(labels, rng, p.n_bootstrap)]
     return Evidence(
         statistic=f"AUROC of the per-KD routing score ({_what(p)} on pathway pairs / on matched null pairs)",
-        value=observed, effect=observed - 0.5, ci=common.percentile_ci(boot), p=stats.exact_p(null, observed),
-        n=_sizes(p, design, ctx, model) | {"permutations": p.n_permutations}, seed=p.seed,
-        null=f"{p.n_permutations} permutations of the pathway / unrelated labels of the KDs",
+        value=result.auroc, effect=result.auroc - 0.5, ci=common.percentile_ci(boot), p=result.p,
+        n=_sizes(p, design, ctx, model) | {"relabelings": len(result.null)}, seed=p.seed,
+        null=_null_text(result, design),
         details={"mode": p.mode, "scores": {k: float(s) for k, s in zip(kds, scores, strict=True)},
                  "null_regulators": design.null_regulators, "null_targets": design.null_targets,
-                 "null_histogram": common.histogram(null, observed), "dropped": design.dropped})
+                 "null_histogram": common.histogram(result.null, result.auroc), "dropped": design.dropped,
+                 "learned": design.learned})
+
+
+def _label_test(scores: np.ndarray, labels: np.ndarray, p: JacobianParams, case: Case,
+                rng: np.random.Generator) -> matrix_tests.LabelTest:
+    """The KD-label permutation test; inconclusive when no relabeling can reach the pass rule's alpha."""
+    alpha = case.spec.pass_rule.p_below
+    n_in, n_out = int(labels.sum()), int((~labels).sum())
+    if alpha is not None and 1.0 / math.comb(n_in + n_out, n_in) >= alpha:
+        raise Inconclusive(f"{n_in} pathway KDs vs {n_out} unrelated KDs allow only {math.comb(n_in + n_out, n_in)} "
+                           f"relabelings, so no permutation p can fall below {alpha}; the KD is the unit of "
+                           "replication (pairs that share KDs are not independent), so name more KDs or "
+                           "unrelated_kds in the panel")
+    return matrix_tests.label_test(scores, labels, p.n_permutations, rng)
+
+
+def _null_text(result: matrix_tests.LabelTest, design: PanelDesign) -> str:
+    how = "every one" if result.exact else f"{len(result.null)} random ones"
+    return (f"permutation of the KD labels ({how} of the relabelings of {len(design.pathway_kds)} pathway and "
+            f"{len(design.unrelated_kds)} unrelated KDs; smallest possible p {result.smallest_p:.2g})")
+
+
+def _kds(design: PanelDesign) -> list[str]:
+    return design.pathway_kds + design.unrelated_kds
+
+
+def _labels(design: PanelDesign) -> np.ndarray:
+    return np.array([True] * len(design.pathway_kds) + [False] * len(design.unrelated_kds))
+
+
+def _kd_resamples(labels: np.ndarray, rng: np.random.Generator, n_boot: int) -> list[np.ndarray]:
+    """Bootstrap resamples of the KDs, pathway and unrelated KDs each resampled with replacement."""
+    inside, outside = np.flatnonzero(labels), np.flatnonzero(~labels)
+    return [np.concatenate([rng.choice(inside, len(inside)), rng.choice(outside, len(outside))])
+            for _ in range(n_boot)]
 
 
 def _prepare(case: Case, ctx: RunContext, p: JacobianParams) -> tuple[LoadedModel, PanelDesign, np.ndarray]:
     model = ctx.model(case.axes["model"])
-    design = _design(case, model, p)
+    design = _design(case, ctx, model, p)
     size = p.cell_set_size or model.cell_set_len
     regulators = tuple(dict.fromkeys(design.regulators + design.null_regulators))
     jac = ctx.jacobians(model.name, tuple(design.pathway_kds + design.unrelated_kds), regulators, p.mode, size,
@@ -137,7 +178,9 @@ def _prepare(case: Case, ctx: RunContext, p: JacobianParams) -> tuple[LoadedMode
     return model, design, jac
 
 
-def _design(case: Case, model: LoadedModel, p: JacobianParams) -> PanelDesign:
+def _design(case: Case, ctx: RunContext, model: LoadedModel, p: JacobianParams) -> PanelDesign:
+    """The pathway's KDs the model learned (common.scope) against learned KDs of no pathway: a KD the
+    model never learned gets its generic answer, and is no comparison for pathway routing."""
     panel = case.spec.panels[case.axes["pathway"]]
     if not panel.regulators or not panel.targets:
         raise Inconclusive(f"pathway '{panel.name}' lists no regulators or no targets ({panel.source})")
@@ -147,31 +190,58 @@ def _design(case: Case, model: LoadedModel, p: JacobianParams) -> PanelDesign:
         return resolve_members(names, available, model.gene_universe, panel=panel, model=model.name, what=what,
                                on_unknown=p.on_unknown, min_members=minimum)
 
-    kds, dropped = resolve(panel.kds, model.kd_names, "KDs", p.min_members)
+    scope = common.scope(ctx, [model.name], panel.kds, panel, model.kd_names, model.gene_universe, p)
+    kds, dropped = scope.present, scope.dropped
     regulators, lost_r = resolve(panel.regulators, genes, "regulators", 1)
     targets, lost_t = resolve(panel.targets, genes, "targets", 1)
-    if len(regulators) * len(targets) < MIN_PAIRS:
-        raise Inconclusive(f"pathway '{panel.name}' has {len(regulators)} x {len(targets)} (regulator, target) "
-                           f"pairs in model '{model.name}'; a one-sided signed-rank test needs at least {MIN_PAIRS} "
-                           "to reach p < 0.05")
-    unrelated = _unrelated(case, panel, model, kds, p, resolve)
+    size = p.cell_set_size or model.cell_set_len
+    unrelated = _unrelated(case, panel, model, kds, scope.kds, p, resolve, lambda: np.linalg.norm(
+        ctx.output_shifts(model.name, size, p.seed, ctx.n_orderings(model.name, p.cell_orderings))[
+            [model.pert_index(k) for k in model.kd_names]], axis=1))
     inside = set(panel.genes) | set(panel.kds) | set(regulators) | set(targets)
     mean_expression = model.cells.mean(dim=0).double().cpu().numpy()
     null_targets = _matched(targets, inside, case, panel, genes, mean_expression)
     null_regulators = _matched(regulators, inside | set(null_targets), case, panel, genes, mean_expression)
-    return PanelDesign(kds, unrelated, regulators, targets, null_regulators, null_targets, dropped + lost_r + lost_t)
+    return PanelDesign(kds, unrelated, regulators, targets, null_regulators, null_targets, dropped + lost_r + lost_t,
+                       scope.learned)
 
 
-def _unrelated(case: Case, panel: Panel, model: LoadedModel, kds: list[str], p: JacobianParams, resolve) -> list[str]:
+def _unrelated(case: Case, panel: Panel, model: LoadedModel, kds: list[str], learned: list[str], p: JacobianParams,
+               resolve, magnitude) -> list[str]:
+    usable = set(learned)
     if panel.unrelated_kds:
-        return resolve(panel.unrelated_kds, model.kd_names, "unrelated KDs", p.min_members)[0]
+        named = resolve(panel.unrelated_kds, model.kd_names, "unrelated KDs", p.min_members)[0]
+        kept = [k for k in named if k in usable]
+        if len(kept) < p.min_members:
+            missing = ", ".join(k for k in named if k not in usable)
+            raise Inconclusive(f"only {len(kept)} of the unrelated KDs of pathway '{panel.name}' are learned by model "
+                               f"'{model.name}' (need {p.min_members}); not learned: {missing}")
+        return kept
     in_panels = {k for other in case.spec.panels.values() for k in (*other.kds, *other.genes)}
-    pool = [k for k in model.kd_names if k not in in_panels and k not in kds]
+    pool = [k for k in model.kd_names if k not in in_panels and k not in kds and k in usable]
     if len(pool) < p.min_members:
-        raise Inconclusive(f"only {len(pool)} KDs of model '{model.name}' belong to no panel; name the comparison "
-                           f"KDs with 'unrelated_kds' in pathway '{panel.name}'")
-    rng = np.random.default_rng(p.seed)
-    return sorted(rng.choice(pool, size=min(p.n_unrelated, len(pool)), replace=False).tolist())
+        raise Inconclusive(f"only {len(pool)} learned KDs of model '{model.name}' belong to no panel; name the "
+                           f"comparison KDs with 'unrelated_kds' in pathway '{panel.name}'")
+    return _magnitude_matched(pool, kds, magnitude(), model, min(p.n_unrelated, len(pool)))
+
+
+def _magnitude_matched(pool: list[str], kds: list[str], magnitude: np.ndarray, model: LoadedModel,
+                       n: int) -> list[str]:
+    """`n` KDs of `pool` whose effect magnitudes follow the pathway KDs': taken in turn for each pathway
+    KD (by rank), the free pool KD nearest in magnitude. Weak KDs differ from strong ones in their
+    Jacobians whatever their pathway, so the comparison KDs must be of similar strength."""
+    index = {k: i for i, k in enumerate(model.kd_names)}
+    free = sorted(pool, key=lambda k: magnitude[index[k]])
+    chosen: list[str] = []
+    targets = sorted(magnitude[index[k]] for k in kds)
+    while len(chosen) < n and free:
+        for target in targets:
+            if len(chosen) == n or not free:
+                break
+            best = min(free, key=lambda k: abs(magnitude[index[k]] - target))
+            chosen.append(best)
+            free.remove(best)
+    return sorted(chosen)
 
 
 def _matched(genes: list[str], exclude: set[str], case: Case, panel: Panel, all_genes: tuple[str, ...],
@@ -189,29 +259,17 @@ def _matched(genes: list[str], exclude: set[str], case: Case, panel: Panel, all_
     return chosen
 
 
-def _pair_means(jac: np.ndarray, n_path: int, regulators: list[str], targets: list[str], design: PanelDesign,
-                model: LoadedModel, p: JacobianParams) -> tuple[np.ndarray, np.ndarray]:
-    """Per (regulator, target) pair: mean J over pathway KDs, and over unrelated KDs."""
+def _kd_sensitivity(jac: np.ndarray, regulators: list[str], targets: list[str], design: PanelDesign,
+                    model: LoadedModel, p: JacobianParams) -> np.ndarray:
+    """[K] per KD: mean over the (regulator, target) pairs of its J, each pair scaled by the pair's
+    mean |J| over all compared KDs (so no single pair of large sensitivity dominates)."""
     order = list(dict.fromkeys(design.regulators + design.null_regulators))
-    rows = [order.index(r) for r in regulators]
-    cols = [model.gene_names.index(t) for t in targets]
-    values = jac[:, rows][:, :, cols]
-    values = np.abs(values) if p.magnitude == "absolute" else values
-    return values[:n_path].mean(axis=0).ravel(), values[n_path:].mean(axis=0).ravel()
-
-
-def _wilcoxon(pathway: np.ndarray, unrelated: np.ndarray) -> dict[str, float]:
-    """pingouin's one-sided signed-rank test, in the suite's own names (pingouin >= 0.6 columns)."""
-    if np.allclose(pathway, unrelated):
-        raise Inconclusive("the pathway and unrelated KDs give identical sensitivities on every pair")
-    row = pingouin.wilcoxon(pathway, unrelated, alternative="greater").iloc[0]
-    return {"W": float(row["W_val"]), "p": float(row["p_val"]), "rbc": float(row["RBC"]), "cles": float(row["CLES"])}
-
-
-def _resample(jac: np.ndarray, n_path: int, rng: np.random.Generator) -> np.ndarray:
-    """The Jacobian rows with pathway and unrelated KDs each resampled with replacement."""
-    return np.concatenate([jac[rng.integers(0, n_path, n_path)],
-                           jac[n_path + rng.integers(0, len(jac) - n_path, len(jac) - n_path)]])
+    values = jac[:, [order.index(r) for r in regulators]][:, :, [model.gene_names.index(t) for t in targets]]
+    values = (np.abs(values) if p.magnitude == "absolute" else values).reshape(len(jac), -1)
+    scale = np.abs(values).mean(axis=0)
+    if not (scale > 0).any():
+        raise Inconclusive("every KD gives zero sensitivity on every (regulator, target) pair")
+    return (values[:, scale > 0] / scale[scale > 0]).mean(axis=1)
 
 
 def _routing_scores(jac: np.ndarray, design: PanelDesign, model: LoadedModel, p: RoutingParams) -> np.ndarray:

@@ -3,11 +3,13 @@
 pert_embedding_coherence   per model and pathway: do the pathway's KDs sit closer together
                            (cosine of pert_encoder outputs) than random KD sets do?
 pert_embedding_consistency per model pair and pathway: do the pathway's KDs keep the same
-                           nearest neighbours in both models? Its null relabels the second
-                           model's KDs: neighbourhoods unrelated across the two models.
+                           nearest neighbours in both models, more than random KD sets do? Both
+                           models stay as they are: two models that agree on every KD's
+                           neighbourhood single out no pathway.
 
-KDs with weak effects all collapse toward the control embedding and look "coherent"
-together. The default null is therefore a magnitude-stratified permutation: KDs are
+Both run over the KDs the models learned (common.scope). KDs with weak effects all collapse
+toward the control embedding and look "coherent" together. The default null is therefore a
+magnitude-stratified permutation: KDs are
 sorted by effect magnitude into strata of about `stratum_size`, and each null set keeps
 the members' count per stratum, drawn from the whole stratum (members included).
 `null_model: label_permutation` draws plain random sets, as the notebooks did.
@@ -29,7 +31,6 @@ from .. import stats
 from ..verdicts import Evidence
 from . import Check, common
 from .common import NullParams
-from .members import resolve_members
 
 if TYPE_CHECKING:
     from fixtures.arc_state import LoadedModel
@@ -63,30 +64,29 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     p: CoherenceParams = case.spec.params
     model = ctx.model(case.axes["model"])
     panel = case.spec.panels[case.axes["pathway"]]
-    kds = model.kd_names
-    present, dropped = resolve_members(panel.kds, kds, model.gene_universe, panel=panel, model=model.name,
-                                       what="KDs", on_unknown=p.on_unknown, min_members=p.min_members)
-    sim = _kd_similarity(ctx, model, p.center)
-    members = np.array([kds.index(k) for k in present])
-    everyone = np.arange(len(kds))
-    null_sets = common.null_sets(p, members, len(kds), lambda: _magnitudes(ctx, model, p))
-    background = stats.mean_pairwise(sim, everyone)
+    scope = common.scope(ctx, [model.name], panel.kds, panel, model.kd_names, model.gene_universe, p)
+    full = _kd_similarity(ctx, model, p.center)
+    sim = full[np.ix_(scope.rows, scope.rows)]
+    members, everyone = scope.members, np.arange(len(scope.kds))
+    null_sets = common.null_sets(p, members, len(scope.kds), lambda: _magnitudes(ctx, model, p)[scope.rows])
+    null_text = common.set_null_text(p, len(members), len(scope.kds), _magnitude_text(p))
     if p.statistic == "nn_hit_rate":
-        return _hit_rate_evidence(p, sim, members, everyone, null_sets, dropped, model, ctx)
+        return _hit_rate_evidence(p, sim, scope, everyone, null_sets, null_text, model, ctx)
+    background = stats.mean_pairwise(sim, everyone)
     result = stats.set_permutation_test(lambda s: stats.mean_pairwise(sim, s), members, null_sets)
     ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(sim, s) - background, members,
                             np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
         statistic="mean within-pathway cosine - mean all-pairs cosine" + _center_text(p),
         value=result.observed - background, effect=result.observed - background, ci=ci, p=result.p,
-        n=_sizes(p, members, kds, model, ctx), seed=p.seed,
-        null=common.set_null_text(p, len(members), len(kds), _magnitude_text(p)),
+        n=_sizes(p, scope, model, ctx), seed=p.seed, null=null_text,
         details={"within": result.observed, "background": background, "null_mean_within": result.null_mean,
                  "null_sd_within": result.null_sd, "z": result.z,
                  "excess_over_null": result.observed - result.null_mean,
-                 "nn_hit_rate": stats.nn_hit_rate(sim, members, everyone), "members": present, "dropped": dropped,
+                 "nn_hit_rate": stats.nn_hit_rate(sim, members, everyone), "members": scope.present,
+                 "dropped": scope.dropped, "learned": scope.learned,
                  "null_histogram": common.histogram(result.null, result.observed),
-                 "heatmap": _heatmap(case, sim, kds, members)})
+                 "heatmap": _heatmap(case, sim, scope.kds, members)})
 
 
 def _heatmap(case: Case, sim: np.ndarray, kds: list[str], members: np.ndarray) -> dict:
@@ -94,44 +94,50 @@ def _heatmap(case: Case, sim: np.ndarray, kds: list[str], members: np.ndarray) -
     return common.similarity_heatmap(lambda idx: sim[np.ix_(idx, idx)], kds, members, groups, case.axes["pathway"])
 
 
-def _hit_rate_evidence(p: CoherenceParams, sim, members, everyone, null_sets, dropped, model, ctx) -> Evidence:
+def _hit_rate_evidence(p: CoherenceParams, sim, scope: common.Scope, everyone, null_sets, null_text, model,
+                       ctx) -> Evidence:
+    members = scope.members
     result = stats.set_permutation_test(lambda s: stats.nn_hit_rate(sim, s, everyone), members, null_sets)
     hits = round(result.observed * len(members))
     low, high = binomtest(hits, len(members)).proportion_ci(method="wilson")
-    present = [model.kd_names[i] for i in members]
     return Evidence(
         statistic="nearest-neighbour hit rate", value=result.observed, effect=result.observed - result.null_mean,
-        ci=(low - result.null_mean, high - result.null_mean), p=result.p,
-        n=_sizes(p, members, model.kd_names, model, ctx),
-        null=common.set_null_text(p, len(members), len(model.kd_names), _magnitude_text(p)),
-        seed=p.seed, details={"null_mean": result.null_mean, "z": result.z, "members": present, "dropped": dropped,
-                              "hits": hits, "null_histogram": common.histogram(result.null, result.observed)})
+        ci=(low - result.null_mean, high - result.null_mean), p=result.p, n=_sizes(p, scope, model, ctx),
+        null=null_text, seed=p.seed,
+        details={"null_mean": result.null_mean, "z": result.z, "members": scope.present, "dropped": scope.dropped,
+                 "learned": scope.learned, "hits": hits,
+                 "null_histogram": common.histogram(result.null, result.observed)})
 
 
 def consistency(case: Case, ctx: RunContext) -> Evidence:
+    """The null keeps both models as they are and draws random KD sets (matched like the members):
+    a pass says the two models agree on *this pathway's* neighbourhoods more than on other KDs',
+    not merely that the two models agree."""
     p: ConsistencyParams = case.spec.params
     model_a, model_b = (ctx.model(n) for n in case.axes["model_pair"])
     panel = case.spec.panels[case.axes["pathway"]]
     shared = [k for k in model_a.kd_names if k in set(model_b.kd_names)]
-    present, dropped = resolve_members(panel.kds, shared, model_a.gene_universe | model_b.gene_universe,
-                                       panel=panel, model=f"{model_a.name} and {model_b.name}", what="KDs",
-                                       on_unknown=p.on_unknown, min_members=p.min_members)
-    nn_a, nn_b = (stats.knn_table(_restrict(ctx, m, shared, p.center), p.k) for m in (model_a, model_b))
-    members = np.array([shared.index(k) for k in present])
-    perms = common.relabelings(p, len(shared), lambda: _pair_magnitude(ctx, (model_a, model_b), shared, p))
+    scope = common.scope(ctx, [model_a.name, model_b.name], panel.kds, panel, shared,
+                         model_a.gene_universe | model_b.gene_universe, p)
+    sims = [_restrict(ctx, m, scope.kds, p.center) for m in (model_a, model_b)]
+    nn_a, nn_b = (stats.knn_table(sim, p.k) for sim in sims)
+    members = scope.members
+    magnitude = lambda: _pair_magnitude(ctx, (model_a, model_b), scope.kds, p)  # noqa: E731
+    null = np.array([stats.neighbour_agreement(nn_a, nn_b, s)
+                     for s in common.null_sets(p, members, len(scope.kds), magnitude)])
     observed = stats.neighbour_agreement(nn_a, nn_b, members)
-    null = np.array([stats.neighbour_agreement(nn_a, nn_b, members, perm) for perm in perms])
     result = stats.PermutationResult(observed, null, stats.exact_p(null, observed))
     ci = stats.bootstrap_ci(lambda s: stats.neighbour_agreement(nn_a, nn_b, s) - result.null_mean, members,
                             np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
         statistic=f"mean Jaccard overlap of {p.k} nearest KDs in both models" + _center_text(p), value=observed,
         effect=observed - result.null_mean, ci=ci, p=result.p,
-        n={"members": len(members), "shared_kds": len(shared), "permutations": p.n_permutations,
-           "bootstrap": p.n_bootstrap}, seed=p.seed,
-        null=common.relabel_text(p, model_b.name, len(shared), _magnitude_text(p)),
-        details={"null_mean": result.null_mean, "z": result.z, "members": present, "dropped": dropped,
-                 "null_histogram": common.histogram(null, observed)})
+        n=scope.sizes | {"shared_kds": len(shared), "permutations": p.n_permutations, "bootstrap": p.n_bootstrap},
+        seed=p.seed,
+        null=common.set_null_text(p, len(members), len(scope.kds), _magnitude_text(p) + " in the two models")
+        + "; both models kept as they are",
+        details={"null_mean": result.null_mean, "z": result.z, "members": scope.present, "dropped": scope.dropped,
+                 "learned": scope.learned, "null_histogram": common.histogram(null, observed)})
 
 
 def _kd_similarity(ctx: RunContext, model: LoadedModel, center: str) -> np.ndarray:
@@ -192,8 +198,8 @@ def _magnitude_text(p) -> str:
 
 
 
-def _sizes(p, members, kds, model: LoadedModel, ctx: RunContext) -> dict[str, int]:
-    sizes = {"members": len(members), "kds": len(kds), "permutations": p.n_permutations}
+def _sizes(p, scope: common.Scope, model: LoadedModel, ctx: RunContext) -> dict[str, int]:
+    sizes = scope.sizes | {"permutations": p.n_permutations}
     if p.null_model == "magnitude_stratified" and p.magnitude == "output_shift":
         sizes["cells"] = p.cell_set_size or model.cell_set_len
         sizes["cell_orderings"] = ctx.n_orderings(model.name, p.cell_orderings)

@@ -5,15 +5,17 @@ the model computes? Each works on one representation, a per-KD shift from the co
   layer         the mean change of the backbone's hidden state after block `layer`
   sae           the mean change of SAE features of that hidden state (the registry's SAE)
 
-representation_coherence     within-pathway cosine - all-pairs cosine; label permutation
-                             (the notes' rule: p < 0.05 and effect > 0.1), CI by bootstrap
-                             over cell sets
-representation_clusters      average-linkage clusters of all KDs; hypergeometric enrichment of
-                             the pathway per cluster, BH over clusters; the table is reported
+representation_coherence     within-pathway cosine - all-pairs cosine (the notes' rule: p < 0.05
+                             and effect > 0.1), CI by bootstrap over cell sets
+representation_clusters      average-linkage clusters of the KDs; the pathway's best cluster
+                             (smallest hypergeometric p), against random KD sets' best clusters;
+                             the enrichment table is reported
 representation_consistency   across a model pair: Jaccard overlap of each pathway KD's k nearest
-                             KDs in the two models, against relabelings of the second model's KDs
-                             within strata of similar magnitude (weak KDs neighbour each other in
-                             any model, which plain relabeling reads as agreement)
+                             KDs in the two models, against random KD sets of the same two models
+
+Each runs over the KDs the models learned (common.scope), and its null keeps the members' count in
+strata of KDs of similar magnitude: KDs a model did not learn, and weak ones, share a generic
+response and neighbour each other in any model, which a plain permutation reads as coherence.
 
 Comparing the same KD's ΔY directly across models is not offered: a KD lowers its own gene,
 and the decoder spreads that change the same way, in every model, so even KDs without any
@@ -28,11 +30,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .. import stats
-from ..errors import ProbeError
+from ..errors import Inconclusive
 from ..verdicts import Evidence, PassRule
 from . import Check, common
 from .common import NullParams
-from .members import resolve_members
 
 if TYPE_CHECKING:
     from fixtures.arc_state import LoadedModel
@@ -49,7 +50,6 @@ class RepresentationParams(NullParams):
     layer: int | None = None               # for `layer`; `sae` reads the SAE's own layer
     n_cell_sets: int = 8                   # cell sets averaged (and bootstrapped over)
     cell_set_size: int | None = None       # default: the model's cell_set_len
-    null_model: Literal["magnitude_stratified", "label_permutation"] = "label_permutation"
     n_bootstrap: int = 500
 
 
@@ -62,7 +62,6 @@ class ClusterParams(RepresentationParams):
 @dataclass(frozen=True)
 class ConsistencyParams(RepresentationParams):
     k: int = 5                             # nearest KDs compared
-    null_model: Literal["magnitude_stratified", "label_permutation"] = "magnitude_stratified"
 
 
 def validate(p: RepresentationParams) -> str | None:
@@ -76,8 +75,9 @@ def validate(p: RepresentationParams) -> str | None:
 def coherence(case: Case, ctx: RunContext) -> Evidence:
     p: RepresentationParams = case.spec.params
     model, per_set, label = _representation(ctx, case.axes["model"], p)
-    present, dropped, members = _members(case, model.kd_names, model.gene_universe, model.name, p)
-    x = per_set.mean(axis=0)
+    scope = _scope(case, ctx, [model.name], model.kd_names, model.gene_universe, p)
+    per_set = per_set[:, scope.rows]
+    members, x = scope.members, per_set.mean(axis=0)
     within, background = stats.within_and_background(x, members)
     null_sets = common.null_sets(p, members, len(x), lambda: np.linalg.norm(x, axis=1))
     result = stats.set_permutation_test(lambda s: stats.within_and_background(x, s)[0], members, null_sets)
@@ -87,68 +87,92 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     return Evidence(
         statistic=f"mean within-pathway cosine - mean all-pairs cosine of {label}", value=within - background,
         effect=within - background, ci=common.percentile_ci(boot), p=result.p,
-        n=_sizes(p, members, x, model, ctx), null=common.set_null_text(p, len(members), len(x), f"{label} norm"),
+        n=_sizes(p, scope, model, ctx),
+        null=common.set_null_text(p, len(members), len(x), f"{label} norm"),
         seed=p.seed, details={"within": within, "background": background, "null_mean_within": result.null_mean,
-                              "z": result.z, "members": present, "dropped": dropped,
+                              "z": result.z, "members": scope.present, "dropped": scope.dropped,
+                              "learned": scope.learned,
                               "null_histogram": common.histogram(result.null, result.observed),
                               "heatmap": common.similarity_heatmap(
-                                  lambda idx: stats.cosine_similarity_matrix(x[idx]), model.kd_names, members,
+                                  lambda idx: stats.cosine_similarity_matrix(x[idx]), scope.kds, members,
                                   {n: panel.kds for n, panel in case.spec.panels.items()}, case.axes["pathway"])})
 
 
 def clusters(case: Case, ctx: RunContext) -> Evidence:
+    """The hypergeometric p of one cluster assumes the KDs fall into clusters independently of being
+    alike; a crowd of KDs the model does not tell apart fills one cluster whatever its labels. So the
+    test compares the pathway's best cluster p with that of random KD sets matched like the members."""
     p: ClusterParams = case.spec.params
     model, per_set, label = _representation(ctx, case.axes["model"], p)
-    present, dropped, members = _members(case, model.kd_names, model.gene_universe, model.name, p)
-    if p.n_clusters >= len(model.kd_names):
-        raise ProbeError(f"n_clusters {p.n_clusters} must be below the number of KDs ({len(model.kd_names)})")
-    table = stats.cluster_enrichment(stats.average_linkage_clusters(per_set.mean(0), p.n_clusters), members)
+    scope = _scope(case, ctx, [model.name], model.kd_names, model.gene_universe, p)
+    per_set = per_set[:, scope.rows]
+    members, x = scope.members, per_set.mean(axis=0)
+    if p.n_clusters >= len(scope.kds):
+        raise Inconclusive(f"n_clusters {p.n_clusters} must be below the number of KDs tested ({len(scope.kds)})")
+    labels = stats.average_linkage_clusters(x, p.n_clusters)
+    table = stats.cluster_enrichment(labels, members)
     best = table[0]
-    boot = [stats.cluster_enrichment(labels, members)[0]["fold"] - 1
-            for labels in _bootstrap_clusterings(ctx, case.axes["model"], per_set, p)]
+    null_sets = common.null_sets(p, members, len(x), lambda: np.linalg.norm(x, axis=1))
+    observed = stats.best_cluster_p(labels, members[None])[0]
+    null = stats.best_cluster_p(labels, null_sets)
+    boot = [stats.cluster_enrichment(labels_b, members)[0]["fold"] - 1
+            for labels_b in _bootstrap_clusterings(ctx, case.axes["model"], per_set, scope, p)]
     ci = common.percentile_ci(boot)
     return Evidence(
         statistic=f"fold enrichment of the pathway in its best cluster of {label}", value=best["fold"],
-        effect=best["fold"] - 1, ci=ci, p=best["q"],
-        n={"members": len(members), "kds": len(model.kd_names), "clusters": p.n_clusters,
-           "cell_sets": p.n_cell_sets, "bootstrap": p.n_bootstrap},
-        null=f"hypergeometric: a cluster of the same size drawn from the {len(model.kd_names)} KDs; p is the "
-             f"smallest BH-adjusted p over the {len(table)} clusters (average linkage, cosine distance)",
-        seed=p.seed, details={"best_cluster": best["cluster"], "members": present, "dropped": dropped,
+        effect=best["fold"] - 1, ci=ci, p=stats.exact_p(-null, -observed),
+        n=scope.sizes | {"clusters": p.n_clusters, "cell_sets": p.n_cell_sets, "permutations": p.n_permutations,
+                         "bootstrap": p.n_bootstrap},
+        null=common.set_null_text(p, len(members), len(x), f"{label} norm")
+        + f"; statistic: the smallest hypergeometric p over the {len(table)} clusters (average linkage, cosine "
+          "distance)",
+        seed=p.seed, details={"best_cluster": best["cluster"], "best_hypergeometric_p": observed,
+                              "members": scope.present, "dropped": scope.dropped, "learned": scope.learned,
+                              "null_histogram": common.histogram(-np.log10(null), -np.log10(observed)),
                               "table": [r for r in table if r["overlap"] > 0]})
 
 
 def consistency(case: Case, ctx: RunContext) -> Evidence:
+    """The null keeps both models as they are and draws random KD sets matched like the members: a
+    pass says the models agree on this pathway's neighbourhoods more than on other KDs'."""
     p: ConsistencyParams = case.spec.params
     (model_a, set_a, label), (model_b, set_b, _) = (_representation(ctx, n, p) for n in case.axes["model_pair"])
     shared = [k for k in model_a.kd_names if k in set(model_b.kd_names)]
-    present, dropped, members = _members(case, shared, model_a.gene_universe | model_b.gene_universe,
-                                         f"{model_a.name} and {model_b.name}", p)
-    x_a = set_a.mean(0)[[model_a.kd_names.index(k) for k in shared]]
-    x_b = set_b.mean(0)[[model_b.kd_names.index(k) for k in shared]]
-    nn_a, nn_b = (stats.knn_table(stats.cosine_similarity_matrix(x), p.k) for x in (x_a, x_b))
-    perms = common.relabelings(p, len(shared), lambda: np.linalg.norm(x_b, axis=1))
+    scope = _scope(case, ctx, [model_a.name, model_b.name], shared, model_a.gene_universe | model_b.gene_universe, p)
+    members = scope.members
+    x_a = set_a.mean(0)[[model_a.kd_names.index(k) for k in scope.kds]]
+    x_b = set_b.mean(0)[[model_b.kd_names.index(k) for k in scope.kds]]
+    sims = [stats.cosine_similarity_matrix(x) for x in (x_a, x_b)]
+    nn_a, nn_b = (stats.knn_table(sim, p.k) for sim in sims)
+    magnitude = lambda: sum(np.argsort(np.argsort(np.linalg.norm(x, axis=1))) for x in (x_a, x_b))  # noqa: E731
+    null_sets = common.null_sets(p, members, len(scope.kds), magnitude)
     observed = stats.neighbour_agreement(nn_a, nn_b, members)
-    null = np.array([stats.neighbour_agreement(nn_a, nn_b, members, perm) for perm in perms])
+    null = np.array([stats.neighbour_agreement(nn_a, nn_b, s) for s in null_sets])
     result = stats.PermutationResult(observed, null, stats.exact_p(null, observed))
+    ci = stats.bootstrap_ci(lambda s: stats.neighbour_agreement(nn_a, nn_b, s) - result.null_mean, members,
+                            np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
         statistic=f"mean Jaccard overlap of the {p.k} nearest KDs in {label} in the two models", value=observed,
-        effect=observed - result.null_mean, ci=None, p=result.p,
-        n={"members": len(members), "shared_kds": len(shared), "permutations": p.n_permutations,
-           "cell_sets": p.n_cell_sets}, null=common.relabel_text(p, model_b.name, len(shared), f"{label} norm"),
-        seed=p.seed, details={"null_mean": result.null_mean, "z": result.z, "members": present, "dropped": dropped,
+        effect=observed - result.null_mean, ci=ci, p=result.p,
+        n=scope.sizes | {"shared_kds": len(shared), "permutations": p.n_permutations, "cell_sets": p.n_cell_sets},
+        null=common.set_null_text(p, len(members), len(scope.kds), f"{label} norm in the two models")
+        + "; both models kept as they are",
+        seed=p.seed, details={"null_mean": result.null_mean, "z": result.z, "members": scope.present,
+                              "dropped": scope.dropped, "learned": scope.learned,
                               "null_histogram": common.histogram(null, observed)})
 
 
-def _bootstrap_clusterings(ctx: RunContext, name: str, per_set: np.ndarray, p: ClusterParams) -> list[np.ndarray]:
-    """Cluster labels of the KDs for each bootstrap resample of the cell sets (shared by all pathways)."""
+def _bootstrap_clusterings(ctx: RunContext, name: str, per_set: np.ndarray, scope: common.Scope,
+                           p: ClusterParams) -> list[np.ndarray]:
+    """Cluster labels of the KDs for each bootstrap resample of the cell sets (shared by all pathways
+    that run over the same KDs)."""
     def compute() -> list[np.ndarray]:
         rng = np.random.default_rng(p.seed)
         return [stats.average_linkage_clusters(per_set[rng.integers(0, len(per_set), len(per_set))].mean(0),
                                                p.n_clusters) for _ in range(p.n_bootstrap)]
 
     return ctx.memo(("cluster_bootstrap", name, p.representation, p.layer, p.n_cell_sets, p.cell_set_size,
-                     p.n_clusters, p.n_bootstrap, p.seed, p.cell_orderings), compute)
+                     p.n_clusters, p.n_bootstrap, p.seed, p.cell_orderings, tuple(scope.kds)), compute)
 
 
 def _representation(ctx: RunContext, name: str, p: RepresentationParams) -> tuple[LoadedModel, np.ndarray, str]:
@@ -163,20 +187,15 @@ def _representation(ctx: RunContext, name: str, p: RepresentationParams) -> tupl
     return model, per_set[:, rows, :], label[p.representation]
 
 
-def _members(case: Case, available, universe, model: str, p: RepresentationParams):
+def _scope(case: Case, ctx: RunContext, models: list[str], available, universe, p: RepresentationParams):
     panel = case.spec.panels[case.axes["pathway"]]
-    present, dropped = resolve_members(panel.kds, available, universe, panel=panel, model=model, what="KDs",
-                                       on_unknown=p.on_unknown, min_members=p.min_members)
-    return present, dropped, np.array([list(available).index(k) for k in present])
+    return common.scope(ctx, models, panel.kds, panel, available, universe, p)
 
 
-
-
-def _sizes(p: RepresentationParams, members, x, model: LoadedModel, ctx: RunContext) -> dict[str, int]:
-    return {"members": len(members), "kds": len(x), "cell_sets": p.n_cell_sets,
-            "cells_per_set": p.cell_set_size or model.cell_set_len,
-            "cell_orderings": ctx.n_orderings(model.name, p.cell_orderings),
-            "permutations": p.n_permutations, "bootstrap": p.n_bootstrap}
+def _sizes(p: RepresentationParams, scope: common.Scope, model: LoadedModel, ctx: RunContext) -> dict[str, int]:
+    return scope.sizes | {"cell_sets": p.n_cell_sets, "cells_per_set": p.cell_set_size or model.cell_set_len,
+                          "cell_orderings": ctx.n_orderings(model.name, p.cell_orderings),
+                          "permutations": p.n_permutations, "bootstrap": p.n_bootstrap}
 
 
 def _notes_rule(_params: RepresentationParams) -> PassRule:

@@ -2,9 +2,11 @@
 and their pathways say they should?
 
 routing_output_correlation  Mantel: pairwise ΔY cosine vs pairwise Jacobian cosine (across-KD mean
-                            removed) over all KD pairs; the seeds' rule r > 0.3, and p < 0.05
+                            removed) over all KD pairs; the seeds' rule r > 0.3, and p < 0.05, and r
+                            above that of every re-initialised copy of the model
 routing_cluster_sharing     KDs in one ΔY cluster (average linkage) have more similar Jacobians than
-                            KDs in different clusters; cluster labels permuted
+                            KDs in different clusters; cluster labels permuted; above every
+                            re-initialised copy
 routing_axes                top SVD axes of the centred Jacobian stack: do the pathway's KDs separate
                             by their scores (`by: kd_scores`, AUROC), or do its genes carry an axis's
                             loading (`by: gene_loadings`, fold enrichment)? Best of `n_axes`, in the null too
@@ -14,11 +16,17 @@ routing_consistency         NB08: per-KD correlation of one-hot Jacobians betwee
                             the pathway's KDs than for KDs of similar effect magnitude
 routing_stability           NB09/NB10: a whole-model statistic re-run under other cell samplings and
                             cell-set sizes; passes when every setting reaches the default setting's verdict
+
+Selectivity. The two whole-model statistics come out about as high on a re-initialised copy of the
+model (same architecture, weights re-drawn from their initialisation; fixtures/reinit.py) as on the
+trained model: a routing-output correlation above 0.3 comes with the architecture. A pass therefore
+also needs the statistic to beat the same statistic on `reinit_copies` re-initialised copies (the
+control-task idea of probing research); the card shows the copies' values and the margin.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -28,6 +36,7 @@ from probes.routing import centered_cosine, compare_onehot_routing, gram_cosine,
 
 from .. import matrix_tests, stats
 from ..errors import Inconclusive
+from ..session import reinitialised_name
 from ..verdicts import Evidence, PassRule, decide
 from . import Check, common
 from .common import NullParams
@@ -51,8 +60,9 @@ class RoutingParams(NullParams):
     statistic: Literal["routing_output_correlation", "routing_cluster_sharing"] = "routing_output_correlation"
     cell_samplings: tuple[str, ...] = CELL_SAMPLINGS     # routing_stability: NB09
     cell_set_sizes: tuple[int, ...] = (32, 64, 128, 256)  # routing_stability: NB10
+    reinit_copies: int = 3                      # whole-model checks: re-initialised copies to beat (0: none)
 
-    LIMITS = {**NullParams.LIMITS, "n_axes": (1, 100)}
+    LIMITS = {**NullParams.LIMITS, "n_axes": (1, 100), "reinit_copies": (0, 100)}
 
 
 def validate(p: RoutingParams) -> str | None:
@@ -66,19 +76,28 @@ def validate(p: RoutingParams) -> str | None:
 
 def output_correlation(case: Case, ctx: RunContext) -> Evidence:
     p: RoutingParams = case.spec.params
-    return _output_correlation(ctx, case.axes["model"], p, _setting(ctx, case.axes["model"], p))
+    name = case.axes["model"]
+    return _selective(_output_correlation(ctx, name, p, _setting(ctx, name, p)), ctx, name, p, _correlation)
+
+
+def _correlation(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]):
+    """(r, ΔY cosine, centred Jacobian cosine, the Jacobians) of one model on one cell setting."""
+    routing, dy = _routing_and_shifts(ctx, name, p, setting)
+    output_sim, routing_sim = stats.cosine_similarity_matrix(dy), centered_cosine(routing.gram)
+    upper = np.triu_indices(len(dy), 1)
+    return float(np.corrcoef(output_sim[upper], routing_sim[upper])[0, 1]), output_sim, routing_sim, routing
 
 
 def _output_correlation(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]) -> Evidence:
-    routing, dy = _routing_and_shifts(ctx, name, p, setting)
-    output_sim, routing_sim = stats.cosine_similarity_matrix(dy), centered_cosine(routing.gram)
+    _, output_sim, routing_sim, routing = _correlation(ctx, name, p, setting)
     result = matrix_tests.mantel(output_sim, routing_sim, p.n_permutations, np.random.default_rng(p.seed))
     ci = matrix_tests.pair_bootstrap_ci(lambda i, j: float(np.corrcoef(output_sim[i, j], routing_sim[i, j])[0, 1]),
-                                        len(dy), np.random.default_rng(p.seed), p.n_bootstrap)
+                                        len(output_sim), np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
         statistic="Pearson r between pairwise ΔY cosine and pairwise Jacobian cosine (across-KD mean removed)",
         value=result.observed, effect=result.observed, ci=ci, p=result.p, seed=p.seed,
-        n={"kds": len(dy), "pairs": result.n_pairs, "permutations": p.n_permutations, "bootstrap": p.n_bootstrap},
+        n={"kds": len(output_sim), "pairs": result.n_pairs, "permutations": p.n_permutations,
+           "bootstrap": p.n_bootstrap},
         null=f"Mantel: {p.n_permutations} permutations of the KD labels of one matrix",
         details={"cells": routing.cells, "raw_jacobian_cosine": _off_diagonal_range(gram_cosine(routing.gram)),
                  "scatter": _scatter(output_sim, routing_sim, "ΔY cosine", "Jacobian cosine (centred)", p.seed),
@@ -87,20 +106,28 @@ def _output_correlation(ctx: RunContext, name: str, p: RoutingParams, setting: t
 
 def cluster_sharing(case: Case, ctx: RunContext) -> Evidence:
     p: RoutingParams = case.spec.params
-    return _cluster_sharing(ctx, case.axes["model"], p, _setting(ctx, case.axes["model"], p))
+    name = case.axes["model"]
+    return _selective(_cluster_sharing(ctx, name, p, _setting(ctx, name, p)), ctx, name, p, _sharing)
 
 
-def _cluster_sharing(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]) -> Evidence:
+def _sharing(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]):
+    """(contrast, ΔY cluster labels, centred Jacobian cosine, the Jacobians)."""
     routing, dy = _routing_and_shifts(ctx, name, p, setting)
     labels = stats.average_linkage_clusters(dy, p.n_clusters)
     routing_sim = centered_cosine(routing.gram)
+    upper = np.triu_indices(len(dy), 1)
+    return _contrast(routing_sim, labels, *upper), labels, routing_sim, routing
+
+
+def _cluster_sharing(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]) -> Evidence:
+    _, labels, routing_sim, routing = _sharing(ctx, name, p, setting)
     result = matrix_tests.group_contrast(routing_sim, labels, p.n_permutations, np.random.default_rng(p.seed))
-    ci = matrix_tests.pair_bootstrap_ci(lambda i, j: _contrast(routing_sim, labels, i, j), len(dy),
+    ci = matrix_tests.pair_bootstrap_ci(lambda i, j: _contrast(routing_sim, labels, i, j), len(labels),
                                         np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
         statistic="mean Jacobian cosine of same-cluster KD pairs - of different-cluster pairs (clusters from ΔY)",
         value=result.observed, effect=result.observed, ci=ci, p=result.p, seed=p.seed,
-        n={"kds": len(dy), "clusters": len(set(labels.tolist())), "permutations": p.n_permutations},
+        n={"kds": len(labels), "clusters": len(set(labels.tolist())), "permutations": p.n_permutations},
         null=f"{p.n_permutations} permutations of the ΔY cluster labels (cluster sizes kept)",
         details={"cells": routing.cells, "cluster_sizes": np.bincount(labels).tolist(),
                  "null_histogram": common.histogram(result.null, result.observed)})
@@ -109,6 +136,24 @@ def _cluster_sharing(ctx: RunContext, name: str, p: RoutingParams, setting: tupl
 def _contrast(sim: np.ndarray, labels: np.ndarray, i: np.ndarray, j: np.ndarray) -> float:
     same = labels[i] == labels[j]
     return float(sim[i, j][same].mean() - sim[i, j][~same].mean()) if same.any() and (~same).any() else np.nan
+
+
+def _selective(evidence: Evidence, ctx: RunContext, name: str, p: RoutingParams, statistic) -> Evidence:
+    """The evidence with one more condition: the statistic beats it on every re-initialised copy."""
+    if p.reinit_copies == 0:
+        return evidence
+    setting = _setting(ctx, name, p)
+    copies = [statistic(ctx, reinitialised_name(name, i), p, setting)[0] for i in range(p.reinit_copies)]
+    if not all(np.isfinite(copies)):
+        raise Inconclusive(f"the statistic is undefined on a re-initialised copy of '{name}' ({copies})")
+    margin = evidence.value - max(copies)
+    held = margin > 0
+    text = (f"selectivity: {evidence.value:.3g} {'>' if held else '<='} {max(copies):.3g}, the largest of "
+            f"{p.reinit_copies} re-initialised copies ({', '.join(f'{c:.3g}' for c in copies)})")
+    return replace(evidence, conditions=(*evidence.conditions, (held, text)),
+                   n=evidence.n | {"reinit_copies": p.reinit_copies},
+                   details=evidence.details | {"selectivity": {"reinitialised": [round(c, 4) for c in copies],
+                                                               "margin": round(margin, 4)}})
 
 
 # ---- SVD axes -----------------------------------------------------------------------------------
@@ -121,28 +166,32 @@ def axes(case: Case, ctx: RunContext) -> Evidence:
                      lambda: svd_axes(routing.gram, routing.jacobians, min(p.n_axes, len(routing.kds) - 1)))
     table = _axes_table(found, routing.kds, model.gene_names)
     if p.by == "kd_scores":
-        return _kd_separation(case, model, routing, dy, found, table, p)
+        return _kd_separation(case, ctx, model, routing, dy, found, table, p)
     return _gene_enrichment(case, model, found, table, p)
 
 
-def _kd_separation(case: Case, model: LoadedModel, routing: Routing, dy: np.ndarray, found, table, p) -> Evidence:
-    members = _kd_members(case, routing.kds, model, p)
-    best = lambda s: max(_two_sided_auroc(found.scores[:, a], s) for a in range(found.scores.shape[1]))  # noqa: E731
+def _kd_separation(case: Case, ctx: RunContext, model: LoadedModel, routing: Routing, dy: np.ndarray, found, table,
+                   p) -> Evidence:
+    panel = case.spec.panels[case.axes["pathway"]]
+    scope = common.scope(ctx, [model.name], panel.kds, panel, routing.kds, model.gene_universe, p)
+    scores = found.scores[scope.rows]
+    members = scope.members
+    best = lambda s: max(_two_sided_auroc(scores[:, a], s) for a in range(scores.shape[1]))  # noqa: E731
     observed = best(members)
-    null = np.array([best(s) for s in common.null_sets(p, members, len(routing.kds),
-                                                       lambda: np.linalg.norm(dy, axis=1))])
-    axis = int(np.argmax([_two_sided_auroc(found.scores[:, a], members) for a in range(found.scores.shape[1])]))
+    null = np.array([best(s) for s in common.null_sets(p, members, len(scope.kds),
+                                                       lambda: np.linalg.norm(dy[scope.rows], axis=1))])
+    axis = int(np.argmax([_two_sided_auroc(scores[:, a], members) for a in range(scores.shape[1])]))
     for row in table:
-        row["auroc"] = round(_two_sided_auroc(found.scores[:, row["axis"] - 1], members), 4)
-    boot = _auroc_bootstrap(found.scores[:, axis], members, np.random.default_rng(p.seed), p.n_bootstrap)
+        row["auroc"] = round(_two_sided_auroc(scores[:, row["axis"] - 1], members), 4)
+    boot = _auroc_bootstrap(scores[:, axis], members, np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
-        statistic=f"best AUROC of the pathway's KDs' scores over the top {found.scores.shape[1]} SVD axes "
+        statistic=f"best AUROC of the pathway's KDs' scores over the top {scores.shape[1]} SVD axes "
                   "(either direction)", value=observed, effect=observed - 0.5, ci=boot, p=stats.exact_p(null, observed),
-        seed=p.seed, n={"members": len(members), "kds": len(routing.kds), "axes": found.scores.shape[1],
-                        "permutations": p.n_permutations},
-        null=common.set_null_text(p, len(members), len(routing.kds), "ΔY norm") + "; the best axis re-chosen each time",
+        seed=p.seed, n=scope.sizes | {"axes": scores.shape[1], "permutations": p.n_permutations},
+        null=common.set_null_text(p, len(members), len(scope.kds), "ΔY norm") + "; the best axis re-chosen each time",
         details={"best_axis": axis + 1, "table": table, "null_histogram": common.histogram(null, observed),
-                 "scatter": _score_scatter(found.scores, members, routing.kds, axis)})
+                 "members": scope.present, "learned": scope.learned,
+                 "scatter": _score_scatter(scores, members, tuple(scope.kds), axis)})
 
 
 def _gene_enrichment(case: Case, model: LoadedModel, found, table, p: RoutingParams) -> Evidence:
@@ -157,9 +206,10 @@ def _gene_enrichment(case: Case, model: LoadedModel, found, table, p: RoutingPar
     null = np.array([best(s) for s in common.null_sets(p, members, genes, lambda: expression)])
     for row in table:
         row["fold"] = round(float(found.gene_loadings[row["axis"] - 1, members].sum() * genes / len(members)), 3)
+    ci = stats.bootstrap_ci(lambda s: best(s) - 1.0, members, np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
         statistic=f"best fold enrichment of the pathway's genes in an axis's loading (top {len(table)} SVD axes)",
-        value=observed, effect=observed - 1.0, ci=None, p=stats.exact_p(null, observed), seed=p.seed,
+        value=observed, effect=observed - 1.0, ci=ci, p=stats.exact_p(null, observed), seed=p.seed,
         n={"members": len(members), "output_genes": genes, "axes": len(table), "permutations": p.n_permutations},
         null=common.set_null_text(p, len(members), genes, "mean control expression", "genes")
         + "; the best axis re-chosen each time",
@@ -193,6 +243,8 @@ def _auroc_bootstrap(scores, members, rng, n_boot) -> tuple[float, float] | None
 # ---- two models: one-hot Jacobians (NB05, NB08) -----------------------------------------------
 
 def divergence(case: Case, ctx: RunContext) -> Evidence:
+    """Not restricted to learned KDs: a KD one model learned and the other did not is exactly what
+    diverges, so learnedness decides no set here."""
     p: RoutingParams = case.spec.params
     kds, cmp, magnitude, names = _comparison(case, ctx, p)
     members = _pair_members(case, kds, ctx, p)
@@ -217,19 +269,24 @@ def divergence(case: Case, ctx: RunContext) -> Evidence:
 def consistency(case: Case, ctx: RunContext) -> Evidence:
     p: RoutingParams = case.spec.params
     kds, cmp, magnitude, names = _comparison(case, ctx, p)
-    members = _pair_members(case, kds, ctx, p)
-    observed = float(cmp.correlation[members].mean())
-    null = np.array([cmp.correlation[s].mean() for s in common.null_sets(p, members, len(kds), lambda: magnitude)])
-    ci = stats.bootstrap_ci(lambda s: float(cmp.correlation[s].mean()), members, np.random.default_rng(p.seed),
+    panel = case.spec.panels[case.axes["pathway"]]
+    a, b = (ctx.model(n) for n in case.axes["model_pair"])
+    scope = common.scope(ctx, [a.name, b.name], panel.kds, panel, kds, a.gene_universe | b.gene_universe, p)
+    correlation, members = cmp.correlation[scope.rows], scope.members
+    observed = float(correlation[members].mean())
+    null = np.array([correlation[s].mean()
+                     for s in common.null_sets(p, members, len(scope.kds), lambda: magnitude[scope.rows])])
+    ci = stats.bootstrap_ci(lambda s: float(correlation[s].mean()), members, np.random.default_rng(p.seed),
                             p.n_bootstrap)
-    overall = float(cmp.correlation.mean())
+    overall = float(correlation.mean())
     return Evidence(
         statistic=f"mean per-KD Pearson r of the pathway KDs' one-hot Jacobians ({names})", value=observed,
         effect=observed - overall, ci=None if ci is None else (ci[0] - overall, ci[1] - overall),
         p=stats.exact_p(null, observed), seed=p.seed,
-        n={"members": len(members), "kds": len(kds), "permutations": p.n_permutations},
-        null=common.set_null_text(p, len(members), len(kds), "ΔY norm in the two models"),
-        details={"mean_r_all_kds": overall, "table": _per_kd(kds, members, cmp.correlation, "r"),
+        n=scope.sizes | {"permutations": p.n_permutations},
+        null=common.set_null_text(p, len(members), len(scope.kds), "ΔY norm in the two models"),
+        details={"mean_r_all_kds": overall, "members": scope.present, "learned": scope.learned,
+                 "table": _per_kd(scope.kds, members, correlation, "r"),
                  "null_histogram": common.histogram(null, observed)})
 
 
@@ -258,7 +315,7 @@ def _comparison(case: Case, ctx: RunContext, p: RoutingParams):
 def _pair_members(case: Case, kds: tuple[str, ...], ctx: RunContext, p: RoutingParams) -> np.ndarray:
     a, b = (ctx.model(n) for n in case.axes["model_pair"])
     panel = case.spec.panels[case.axes["pathway"]]
-    present, _ = resolve_members(panel.genes, kds, a.gene_universe | b.gene_universe, panel=panel,
+    present, _ = resolve_members(panel.kds, kds, a.gene_universe | b.gene_universe, panel=panel,
                                  model=f"{a.name} and {b.name}", what="KDs", on_unknown=p.on_unknown,
                                  min_members=p.min_members)
     return np.array([kds.index(k) for k in present])
@@ -326,13 +383,6 @@ def _routing_and_shifts(ctx: RunContext, name: str, p: RoutingParams, setting: t
     routing = ctx.routing(name, size, p.seed, sampling, orderings)
     shifts = ctx.output_shifts(name, size, p.seed, orderings, sampling)
     return routing, shifts[[model.pert_index(k) for k in routing.kds]]
-
-
-def _kd_members(case: Case, kds: tuple[str, ...], model: LoadedModel, p: RoutingParams) -> np.ndarray:
-    panel = case.spec.panels[case.axes["pathway"]]
-    present, _ = resolve_members(panel.genes, kds, model.gene_universe, panel=panel, model=model.name, what="KDs",
-                                 on_unknown=p.on_unknown, min_members=p.min_members)
-    return np.array([kds.index(k) for k in present])
 
 
 def _off_diagonal_range(sim: np.ndarray) -> list[float]:
