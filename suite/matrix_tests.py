@@ -5,7 +5,9 @@ mantel            Pearson r between the off-diagonal entries of two symmetric ma
                   Checked against scikit-bio's `mantel` in the suite's tests.
 group_contrast    mean similarity of same-group pairs minus different-group pairs; the null
                   permutes the group labels (group sizes kept).
-auroc             the probability that a random member scores above a random non-member.
+auroc             the probability that a random member scores above a random non-member;
+                  auroc_ci its DeLong interval on the logit scale (the percentile bootstrap of KDs
+                  covers 0.88-0.90 at 8 members, this 0.92-0.96: tests/test_coverage.py).
 label_test        AUROC of per-KD scores between two groups of KDs, against permutations of the KD
                   labels: every enumeration when there are few enough, else `n_permutations` draws.
                   The KD is the unit: values that share a KD are never counted as separate samples.
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import norm, rankdata
 
 from .stats import exact_p
 
@@ -77,6 +79,29 @@ def auroc(scores: np.ndarray, is_member: np.ndarray) -> float:
         return float("nan")
     ranks = rankdata(scores)
     return float((ranks[is_member].sum() - n_in * (n_in + 1) / 2) / (n_in * n_out))
+
+
+def auroc_ci(scores: np.ndarray, is_member: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """DeLong's variance of the AUROC (structural components of members and non-members), the
+    interval taken on the logit scale so it stays inside (0, 1). Under perfect separation DeLong's
+    variance is 0: the interval then runs from a Wald bound with Hanley and McNeil's variance at the
+    nearest attainable AUROC, (mn - 1/2) / mn, to the estimate."""
+    a, b = scores[is_member], scores[~is_member]
+    psi = (a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])
+    value = float(psi.mean())
+    variance = psi.mean(axis=1).var(ddof=1) / len(a) + psi.mean(axis=0).var(ddof=1) / len(b)
+    z = float(norm.ppf(0.5 + level / 2))
+    if variance == 0:
+        top = 1 - 0.5 / psi.size              # AUROC 0 is AUROC 1 with the groups swapped
+        m, n = (len(a), len(b)) if value > 0.5 else (len(b), len(a))
+        q1, q2 = top / (2 - top), 2 * top**2 / (1 + top)
+        hanley = (top * (1 - top) + (m - 1) * (q1 - top**2) + (n - 1) * (q2 - top**2)) / psi.size
+        reach = z * np.sqrt(max(hanley, 0.0))
+        return (max(0.0, top - reach), value) if value > 0.5 else (value, min(1.0, 1 - top + reach))
+    half = z * np.sqrt(variance) / (value * (1 - value))
+    centre = np.log(value / (1 - value))
+    low, high = (float(1 / (1 + np.exp(-x))) for x in (centre - half, centre + half))
+    return low, high
 
 
 @dataclass(frozen=True)

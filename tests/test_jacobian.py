@@ -120,7 +120,7 @@ def _case(write, pathway_kds, unrelated_kds, probe="targeted_jacobian"):
         schema_version: 1
         panels: [{panels}]
         hypotheses:
-          - {{id: h, claim: c, probe: {probe}, axes: {{model: all, pathway: [p]}}, params: {{n_bootstrap: 99}}}}
+          - {{id: h, claim: c, probe: {probe}, axes: {{model: all, pathway: [p]}}, params: {{n_permutations: 999}}}}
         """))[0]
     return expand(spec, [ModelInfo("m", "x", "fewshot")])[0]
 

@@ -33,7 +33,6 @@ import numpy as np
 
 from .. import matrix_tests
 from ..errors import Inconclusive
-from ..matrix_tests import auroc
 from ..verdicts import Evidence
 from . import Check, common
 from .members import resolve_members
@@ -55,12 +54,11 @@ class JacobianParams:
     cell_orderings: int | None = None
     min_members: int = 3
     on_unknown: Literal["error", "drop"] = "error"
-    n_bootstrap: int = 500
     n_permutations: int = 2000        # relabelings drawn when there are too many to enumerate
     seed: int = 0
 
     LIMITS = {"n_unrelated": (2, 100_000), "specificity_alpha": (0.0, 1.0), "cell_set_size": (2, 1_000_000),
-              "cell_orderings": (1, 10_000), "min_members": (2, 100_000), "n_bootstrap": (99, 1_000_000),
+              "cell_orderings": (1, 10_000), "min_members": (2, 100_000),
               "n_permutations": (99, 1_000_000)}
 
 
@@ -92,11 +90,11 @@ def panel_test(case: Case, ctx: RunContext) -> Evidence:
     rng = np.random.default_rng(p.seed)
     result = _label_test(scores, labels, p, case, rng)
     specificity = matrix_tests.label_test(spec_scores, labels, p.n_permutations, rng)
-    boot = [2 * auroc(scores[picks], labels[picks]) - 1 for picks in _kd_resamples(labels, rng, p.n_bootstrap)]
+    low, high = matrix_tests.auroc_ci(scores, labels)
     held = specificity.p >= p.specificity_alpha
     return Evidence(
         statistic=f"rank-biserial r of per-KD {_what(p)} on the panel's pairs (pathway KDs vs unrelated KDs)",
-        value=2 * result.auroc - 1, effect=2 * result.auroc - 1, ci=common.percentile_ci(boot), p=result.p,
+        value=2 * result.auroc - 1, effect=2 * result.auroc - 1, ci=(2 * low - 1, 2 * high - 1), p=result.p,
         n=_sizes(p, design, ctx, model) | {"relabelings": len(result.null)}, seed=p.seed,
         null=_null_text(result, design),
         conditions=((held, f"specificity: unrelated targets give p = {specificity.p:.3g} "
@@ -122,10 +120,10 @@ def routing_score(case: Case, ctx: RunContext) -> Evidence:
     labels = _labels(design)
     rng = np.random.default_rng(p.seed)
     result = _label_test(scores, labels, p, case, rng)
-    boot = [auroc(scores[picks], labels[picks]) - 0.5 for picks in _kd_resamples(labels, rng, p.n_bootstrap)]
+    low, high = matrix_tests.auroc_ci(scores, labels)
     return Evidence(
         statistic=f"AUROC of the per-KD routing score ({_what(p)} on pathway pairs / on matched null pairs)",
-        value=result.auroc, effect=result.auroc - 0.5, ci=common.percentile_ci(boot), p=result.p,
+        value=result.auroc, effect=result.auroc - 0.5, ci=(low - 0.5, high - 0.5), p=result.p,
         n=_sizes(p, design, ctx, model) | {"relabelings": len(result.null)}, seed=p.seed,
         null=_null_text(result, design),
         details={"mode": p.mode, "scores": {k: float(s) for k, s in zip(kds, scores, strict=True)},
@@ -159,13 +157,6 @@ def _kds(design: PanelDesign) -> list[str]:
 
 def _labels(design: PanelDesign) -> np.ndarray:
     return np.array([True] * len(design.pathway_kds) + [False] * len(design.unrelated_kds))
-
-
-def _kd_resamples(labels: np.ndarray, rng: np.random.Generator, n_boot: int) -> list[np.ndarray]:
-    """Bootstrap resamples of the KDs, pathway and unrelated KDs each resampled with replacement."""
-    inside, outside = np.flatnonzero(labels), np.flatnonzero(~labels)
-    return [np.concatenate([rng.choice(inside, len(inside)), rng.choice(outside, len(outside))])
-            for _ in range(n_boot)]
 
 
 def _prepare(case: Case, ctx: RunContext, p: JacobianParams) -> tuple[LoadedModel, PanelDesign, np.ndarray]:
@@ -291,7 +282,7 @@ def _what(p: JacobianParams) -> str:
 def _sizes(p: JacobianParams, design: PanelDesign, ctx: RunContext, model: LoadedModel) -> dict[str, int]:
     return {"pathway_kds": len(design.pathway_kds), "unrelated_kds": len(design.unrelated_kds),
             "pairs": len(design.regulators) * len(design.targets), "cells": p.cell_set_size or model.cell_set_len,
-            "cell_orderings": ctx.n_orderings(model.name, p.cell_orderings), "bootstrap": p.n_bootstrap}
+            "cell_orderings": ctx.n_orderings(model.name, p.cell_orderings)}
 
 
 CHECKS = (
