@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.stats import binom, false_discovery_control, hypergeom
+from scipy.stats import t as t_dist
 
 SetStatistic = Callable[[np.ndarray], float]
 
@@ -204,6 +205,18 @@ def bootstrap_ci(statistic: SetStatistic, members: Sequence[int], rng: np.random
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return (float(low), float(high))
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t CI of the mean of independent values (NaNs left out; None for fewer than two).
+    The bootstraps of a mean of few values undercover (BCa 0.885 at 8 values, percentile 0.923 at
+    12); t holds 0.92-0.98 (tests/test_coverage.py)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return None
+    half = float(t_dist.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return (float(values.mean()) - half, float(values.mean()) + half)
 
 
 def benjamini_hochberg(p_values: Sequence[float | None]) -> list[float | None]:

@@ -2,8 +2,8 @@
 value, the interval a check prints must contain that value 92 to 98% of the time.
 
 Each family calls the code path the checks use (not a re-implementation). Families not covered here
-yet, tracked in issue 17: the Spearman mean of KO cross-line, Mantel r, fold enrichment, the
-routing-axes AUROC and the cell-set bootstrap.
+yet, tracked in issue 17: Mantel r, fold enrichment, the routing-axes AUROC and the cell-set
+bootstrap.
 """
 
 import numpy as np
@@ -94,3 +94,26 @@ def test_the_perfect_separation_interval_is_symmetric_in_the_groups():
     low, high = matrix_tests.auroc_ci(scores, labels)              # members all below: AUROC 0
     flipped = matrix_tests.auroc_ci(scores, ~labels)               # the other group as members: AUROC 1
     assert low == 0.0 and high == pytest.approx(1 - flipped[0]) and flipped[1] == 1.0
+
+
+@pytest.mark.parametrize("n_genes", [8, 14])
+def test_mean_of_per_gene_spearman_r(n_genes):
+    """KO cross-line: the mean over the pathway's genes of their per-gene r (independent values).
+    The percentile bootstrap it used covered 0.923 at 12 genes; a BCa bootstrap 0.885 at 8."""
+    truth = np.tanh(np.random.default_rng(10_000).normal(0.4, 0.3, 2_000_000)).mean()
+
+    def interval(rng):
+        return stats.mean_ci(np.tanh(rng.normal(0.4, 0.3, n_genes)))
+
+    assert 0.92 <= _coverage(interval, truth) <= 0.98
+
+
+def test_the_mean_interval_brackets_its_estimate_and_says_when_it_cannot_be_had():
+    values = np.array([0.1, 0.5, np.nan, 0.3, 0.9, 0.2])
+    low, high = stats.mean_ci(values)
+    assert low < np.nanmean(values) < high
+    from scipy.stats import t  # by hand: mean +- t(0.975, 4) s / sqrt(5)
+    kept = values[~np.isnan(values)]
+    assert high - kept.mean() == pytest.approx(t.ppf(0.975, 4) * kept.std(ddof=1) / np.sqrt(5))
+    assert stats.mean_ci(np.array([0.4, np.nan])) is None
+    assert stats.mean_ci(np.full(5, 0.3)) == (0.3, 0.3)
