@@ -1,4 +1,4 @@
-"""The dual-probe synthesis (DESIGN.md §3): is a pathway organized, routed, both or neither?
+"""The dual-probe synthesis: is a pathway organized (representations), routed (Jacobians), both or neither?
 
 Each probe that reads one model and one pathway speaks for one side: the representation
 probes (pert_encoder space, ΔY, layers, SAE features) for "organized", the causal probes

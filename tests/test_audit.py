@@ -41,7 +41,7 @@ def test_audit_direction_matches_a_direct_one_cell_perturbation(backbone_key):
     cells, onehot = torch.rand(8, 12), torch.eye(5)[0]
     measured = audit.attention_direction(_hidden_fn(model, onehot), cells, torch.rand(12)).label
     assert measured == _direct_direction(model, cells, onehot)
-    # what the installed transformers does today (DESIGN.md section 2)
+    # what the installed transformers does today (its GPT2 attention is causal, whatever arc-state declares)
     if backbone_key == "llama":
         assert measured == "bidirectional"
     elif (4, 54) <= tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 0):

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from ..verdicts import Evidence
 
 
-Side = Literal["organized", "routed"]   # representation probes vs causal probes (DESIGN.md §3)
+# representation probes (is a pathway organized in what the model computes?) vs causal probes
+# (is it routed through the model's Jacobians?)
+Side = Literal["organized", "routed"]
 
 
 @dataclass(frozen=True)
