@@ -121,6 +121,18 @@ def null_sets(p: NullParams, members: np.ndarray, n_kds: int, magnitude: Magnitu
     return stats.stratified_sets(rng, strata, members, p.n_permutations)
 
 
+def neighbour_consistency(sims: tuple[np.ndarray, np.ndarray], k: int, members: np.ndarray, null_sets: np.ndarray,
+                          p: NullParams) -> tuple[stats.PermutationResult, tuple[float, float]]:
+    """Mean Jaccard overlap of the members' k nearest KDs in two models' similarity matrices, against
+    the same on `null_sets` (both models kept as they are), and the bootstrap CI over members of its
+    excess over the null mean."""
+    nn_a, nn_b = (stats.knn_table(sim, k) for sim in sims)
+    result = stats.set_permutation_test(lambda s: stats.neighbour_agreement(nn_a, nn_b, s), members, null_sets)
+    ci = stats.bootstrap_ci(lambda s: stats.neighbour_agreement(nn_a, nn_b, s) - result.null_mean, members,
+                            np.random.default_rng(p.seed), p.n_bootstrap)
+    return result, ci
+
+
 def set_null_text(p: NullParams, n_members: int, n_kds: int, magnitude: str, unit: str = "KDs") -> str:
     if p.null_model == "label_permutation":
         return f"label permutation: {p.n_permutations} random sets of {n_members} of the {n_kds} {unit}"

@@ -119,25 +119,20 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
     shared = [k for k in model_a.kd_names if k in set(model_b.kd_names)]
     scope = common.scope(ctx, [model_a.name, model_b.name], panel.kds, panel, shared,
                          model_a.gene_universe | model_b.gene_universe, p)
-    sims = [_restrict(ctx, m, scope.kds, p.center) for m in (model_a, model_b)]
-    nn_a, nn_b = (stats.knn_table(sim, p.k) for sim in sims)
+    sims = tuple(_restrict(ctx, m, scope.kds, p.center) for m in (model_a, model_b))
     members = scope.members
     magnitude = lambda: _pair_magnitude(ctx, (model_a, model_b), scope.kds, p)  # noqa: E731
-    null = np.array([stats.neighbour_agreement(nn_a, nn_b, s)
-                     for s in common.null_sets(p, members, len(scope.kds), magnitude)])
-    observed = stats.neighbour_agreement(nn_a, nn_b, members)
-    result = stats.PermutationResult(observed, null, stats.exact_p(null, observed))
-    ci = stats.bootstrap_ci(lambda s: stats.neighbour_agreement(nn_a, nn_b, s) - result.null_mean, members,
-                            np.random.default_rng(p.seed), p.n_bootstrap)
+    result, ci = common.neighbour_consistency(sims, p.k, members,
+                                              common.null_sets(p, members, len(scope.kds), magnitude), p)
     return Evidence(
-        statistic=f"mean Jaccard overlap of {p.k} nearest KDs in both models" + _center_text(p), value=observed,
-        effect=observed - result.null_mean, ci=ci, p=result.p,
+        statistic=f"mean Jaccard overlap of {p.k} nearest KDs in both models" + _center_text(p),
+        value=result.observed, effect=result.observed - result.null_mean, ci=ci, p=result.p,
         n=scope.sizes | {"shared_kds": len(shared), "permutations": p.n_permutations, "bootstrap": p.n_bootstrap},
         seed=p.seed,
         null=common.set_null_text(p, len(members), len(scope.kds), _magnitude_text(p) + " in the two models")
         + "; both models kept as they are",
         details={"null_mean": result.null_mean, "z": result.z, "members": scope.present, "dropped": scope.dropped,
-                 "learned": scope.learned, "null_histogram": common.histogram(null, observed)})
+                 "learned": scope.learned, "null_histogram": common.histogram(result.null, result.observed)})
 
 
 def _kd_similarity(ctx: RunContext, model: LoadedModel, center: str) -> np.ndarray:

@@ -142,24 +142,19 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
     members = scope.members
     x_a = set_a.mean(0)[[model_a.kd_names.index(k) for k in scope.kds]]
     x_b = set_b.mean(0)[[model_b.kd_names.index(k) for k in scope.kds]]
-    sims = [stats.cosine_similarity_matrix(x) for x in (x_a, x_b)]
-    nn_a, nn_b = (stats.knn_table(sim, p.k) for sim in sims)
+    sims = (stats.cosine_similarity_matrix(x_a), stats.cosine_similarity_matrix(x_b))
     magnitude = lambda: sum(np.argsort(np.argsort(np.linalg.norm(x, axis=1))) for x in (x_a, x_b))  # noqa: E731
-    null_sets = common.null_sets(p, members, len(scope.kds), magnitude)
-    observed = stats.neighbour_agreement(nn_a, nn_b, members)
-    null = np.array([stats.neighbour_agreement(nn_a, nn_b, s) for s in null_sets])
-    result = stats.PermutationResult(observed, null, stats.exact_p(null, observed))
-    ci = stats.bootstrap_ci(lambda s: stats.neighbour_agreement(nn_a, nn_b, s) - result.null_mean, members,
-                            np.random.default_rng(p.seed), p.n_bootstrap)
+    result, ci = common.neighbour_consistency(sims, p.k, members,
+                                              common.null_sets(p, members, len(scope.kds), magnitude), p)
     return Evidence(
-        statistic=f"mean Jaccard overlap of the {p.k} nearest KDs in {label} in the two models", value=observed,
-        effect=observed - result.null_mean, ci=ci, p=result.p,
+        statistic=f"mean Jaccard overlap of the {p.k} nearest KDs in {label} in the two models",
+        value=result.observed, effect=result.observed - result.null_mean, ci=ci, p=result.p,
         n=scope.sizes | {"shared_kds": len(shared), "permutations": p.n_permutations, "cell_sets": p.n_cell_sets},
         null=common.set_null_text(p, len(members), len(scope.kds), f"{label} norm in the two models")
         + "; both models kept as they are",
         seed=p.seed, details={"null_mean": result.null_mean, "z": result.z, "members": scope.present,
                               "dropped": scope.dropped, "learned": scope.learned,
-                              "null_histogram": common.histogram(null, observed)})
+                              "null_histogram": common.histogram(result.null, result.observed)})
 
 
 def _bootstrap_clusterings(ctx: RunContext, name: str, per_set: np.ndarray, scope: common.Scope,
