@@ -135,18 +135,25 @@ class RoutingComparison:
 
 
 def compare_onehot_routing(jac_a: np.ndarray, enc_a: torch.Tensor, jac_b: np.ndarray, enc_b: torch.Tensor,
-                           genes_a: list[int], genes_b: list[int], vocab_a: list[int], vocab_b: list[int]
-                           ) -> RoutingComparison:
+                           genes_a: list[int], genes_b: list[int], vocab_a: list[int], vocab_b: list[int],
+                           chunk: int = 64) -> RoutingComparison:
     """Compare, KD by KD, dY/d onehot = J_k · E_k of two models, restricted to the shared output
-    genes (`genes_*` index J's rows) and shared KD vocabulary (`vocab_*` index E's columns)."""
+    genes (`genes_*` index J's rows) and shared KD vocabulary (`vocab_*` index E's columns); `chunk`
+    KDs at a time (the Jacobians may be a memmap)."""
     correlation, divergence = np.zeros(len(jac_a)), np.zeros(len(jac_a))
-    for k in range(len(jac_a)):
-        a = _onehot_jacobian(jac_a[k], enc_a[k], genes_a, vocab_a)
-        b = _onehot_jacobian(jac_b[k], enc_b[k], genes_b, vocab_b)
-        correlation[k] = np.corrcoef(a.ravel(), b.ravel())[0, 1]
-        divergence[k] = np.linalg.norm(a - b) / max((np.linalg.norm(a) + np.linalg.norm(b)) / 2, 1e-300)
+    for start in range(0, len(jac_a), chunk):
+        rows = slice(start, start + chunk)
+        a = _onehot_jacobians(jac_a[rows], enc_a[rows], genes_a, vocab_a)
+        b = _onehot_jacobians(jac_b[rows], enc_b[rows], genes_b, vocab_b)
+        ca, cb = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):     # a constant Jacobian has no correlation: NaN
+            correlation[rows] = (ca * cb).sum(axis=1) / np.sqrt((ca * ca).sum(axis=1) * (cb * cb).sum(axis=1))
+        size = (np.linalg.norm(a, axis=1) + np.linalg.norm(b, axis=1)) / 2
+        divergence[rows] = np.linalg.norm(a - b, axis=1) / np.maximum(size, 1e-300)
     return RoutingComparison(correlation, divergence)
 
 
-def _onehot_jacobian(jac: np.ndarray, enc: torch.Tensor, genes: list[int], vocab: list[int]) -> np.ndarray:
-    return np.asarray(jac, dtype=np.float64)[genes] @ enc[:, vocab].double().cpu().numpy()
+def _onehot_jacobians(jac: np.ndarray, enc: torch.Tensor, genes: list[int], vocab: list[int]) -> np.ndarray:
+    """[k, G' * V'] the flattened one-hot Jacobians of a block of KDs."""
+    product = np.asarray(jac, dtype=np.float64)[:, genes] @ enc[:, :, vocab].double().cpu().numpy()
+    return product.reshape(len(product), -1)

@@ -219,6 +219,23 @@ def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float] | No
     return (float(values.mean()) - half, float(values.mean()) + half)
 
 
+def bias_corrected_interval(estimate: float, replicates: Sequence[float], n_units: int,
+                            level: float = 0.95) -> tuple[float, tuple[float, float]] | None:
+    """(bias-corrected estimate, its Student-t interval) from bootstrap replicates over `n_units`
+    resampled units (cell sets). A statistic of averaged cell sets (a cosine of mean shifts) is
+    attenuated by the sets' noise, and the bootstrap sees that bias again: the estimate minus the
+    replicates' mean bias, +- t(n - 1) times their standard deviation (times sqrt(n / (n - 1)), the
+    bootstrap's small-sample shrinkage undone). The percentile interval covered 0.61 at 8 cell sets,
+    this 0.93-0.95 (tests/test_coverage.py). None with fewer than two replicates."""
+    values = np.asarray(replicates, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 2 or n_units < 2:
+        return None
+    corrected = 2 * float(estimate) - float(values.mean())
+    half = float(t_dist.ppf(0.5 + level / 2, n_units - 1) * values.std(ddof=1) * np.sqrt(n_units / (n_units - 1)))
+    return corrected, (corrected - half, corrected + half)
+
+
 def benjamini_hochberg(p_values: Sequence[float | None]) -> list[float | None]:
     """BH q-values; entries that are None or NaN (no test was run) stay None."""
     p = np.array([np.nan if v is None else v for v in p_values], dtype=float)

@@ -166,10 +166,13 @@ def test_the_demo_run_has_no_xpass_and_reports_cases_without_an_answer_as_explor
 
 
 def test_every_interval_is_the_interval_of_the_effect_it_stands_beside(record):
-    """Every statistical case (one with a p) of the demo gives a 95% CI, and it brackets the effect."""
+    """Every statistical case (one with a p) of the demo gives a 95% CI that brackets the effect, or
+    says why it has none (the best cluster's fold: representation_clusters)."""
     tested = [c for c in record["cases"] if c["verdict"] in ("pass", "fail") and c["p"] is not None]
     assert len(tested) >= 150
-    missing = [c["case_id"] for c in tested if not c["ci"] or None in c["ci"]]
+    reasoned = [c for c in tested if not c["ci"] and (c["details"] or {}).get("no_ci")]
+    assert {c["probe"] for c in reasoned} <= {"representation_clusters"}
+    missing = [c["case_id"] for c in tested if (not c["ci"] or None in c["ci"]) and c not in reasoned]
     outside = [f"{c['case_id']}: effect {c['effect']:.4g}, CI {c['ci']}" for c in tested
                if c["ci"] and None not in c["ci"] and not c["ci"][0] <= c["effect"] <= c["ci"][1]]
     assert not missing and not outside, missing + outside
@@ -198,3 +201,28 @@ def test_the_suites_routing_r_equals_the_oracles(verdicts):
     for model, oracle in TRUTH["routing"]["routing_vs_output_r"].items():
         case = verdicts[f"routing-vs-output-{model}"]
         assert abs(case["value"] - oracle) <= ROUTING_TOLERANCE, (model, case["value"], oracle)
+
+
+# The targeted-Jacobian oracle (verify.targeted_sensitivity: autograd through arc-state's own forward,
+# per cell, 16 fresh control cells) against the suite's probe on the same KDs, regulators and targets
+# (16 of the model's control cells, averaged over its cell orderings): over all 12 model x panel
+# ratios the largest gap was 0.094 (hepg2_zeroshot ribosome_nb03). The suite's cases compare learned,
+# magnitude-matched unrelated KDs instead, so their ratios are not the oracle's (hepg2_fewshot
+# er_secretory: 1.03 against the oracle's 1.32 with 4 of the oracle's 10 unrelated KDs learned).
+JACOBIAN_TOLERANCE = 0.12
+
+
+@pytest.mark.parametrize("panel", ["er_secretory", "decoy"])
+def test_the_suites_targeted_jacobians_give_the_oracles_sensitivity_ratio(demo_run, panel):
+    import numpy as np
+
+    from fixtures.demo.build import JACOBIAN_PANELS
+
+    model = demo_run.model("hepg2_fewshot")
+    _, regulators, targets, kds, unrelated = JACOBIAN_PANELS[panel]
+    jac = demo_run.jacobians(model.name, tuple(kds) + tuple(unrelated), tuple(regulators), "per_cell", 16, 0,
+                             demo_run.n_orderings(model.name, None))
+    block = np.abs(jac[:, :, [model.gene_names.index(g) for g in targets]])
+    ratio = block[:len(kds)].mean() / block[len(kds):].mean()
+    oracle = TRUTH["learned"][model.name]["targeted_sensitivity"][panel]["ratio"]
+    assert abs(ratio - oracle) <= JACOBIAN_TOLERANCE, (ratio, oracle)

@@ -179,7 +179,9 @@ def test_unrelated_kds_are_matched_in_magnitude_to_the_pathway_kds():
     names = [f"K{i}" for i in range(20)]
     model = SimpleNamespace(kd_names=tuple(names))
     magnitude = np.arange(20.0)                       # K0 weakest ... K19 strongest
-    chosen = _magnitude_matched(names[:16], ["K17", "K18", "K19"], magnitude, model, 6)
+    chosen, matched_to = _magnitude_matched(names[:16], ["K17", "K18", "K19"], magnitude, model, 6)
     assert chosen == ["K10", "K11", "K12", "K13", "K14", "K15"]     # the strongest of the pool
-    weak = _magnitude_matched(names[5:], ["K0", "K1"], magnitude, model, 2)
+    # in turn from the weakest pathway KD: each KD's group is its nearest free matches
+    assert matched_to == {"K15": "K17", "K14": "K18", "K13": "K19", "K12": "K17", "K11": "K18", "K10": "K19"}
+    weak, _ = _magnitude_matched(names[5:], ["K0", "K1"], magnitude, model, 2)
     assert weak == ["K5", "K6"]

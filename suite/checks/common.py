@@ -146,14 +146,6 @@ def histogram(null: np.ndarray, observed: float, bins: int = 30) -> dict:
     return {"counts": counts.tolist(), "edges": edges.tolist(), "observed": observed}
 
 
-def percentile_ci(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
-    if not values:
-        return None
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
-
-
 def similarity_heatmap(similarity: Callable[[list[int]], np.ndarray], names: list[str], members: np.ndarray,
                        groups: dict[str, tuple[str, ...]], pathway: str, limit: int = 40) -> dict:
     """A KD x KD (or gene x gene) similarity block for the report, ordered by pathway: the

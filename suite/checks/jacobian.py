@@ -25,7 +25,6 @@ Jacobian mode (per_cell or set).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -79,6 +78,16 @@ class PanelDesign:
     null_targets: list[str]
     dropped: list[str]
     learned: dict                   # what learnedness left out (common.Scope.learned)
+    matched_to: dict[str, str] | None = None   # unrelated KD -> the pathway KD it was matched to (None: named)
+
+    @property
+    def strata(self) -> np.ndarray | None:
+        """Per compared KD (pathway KDs, then unrelated), its matched group: the KD labels are
+        exchangeable only within the groups the magnitude matching made."""
+        if self.matched_to is None:
+            return None
+        group = {k: i for i, k in enumerate(self.pathway_kds)}
+        return np.array([group[k] for k in self.pathway_kds] + [group[self.matched_to[k]] for k in self.unrelated_kds])
 
 
 def panel_test(case: Case, ctx: RunContext) -> Evidence:
@@ -86,10 +95,11 @@ def panel_test(case: Case, ctx: RunContext) -> Evidence:
     model, design, jac = _prepare(case, ctx, p)
     labels = _labels(design)
     scores = _kd_sensitivity(jac, design.regulators, design.targets, design, model, p)
+    raw = _mean_sensitivity(jac, design.regulators, design.targets, design, model, p)
     spec_scores = _kd_sensitivity(jac, design.regulators, design.null_targets, design, model, p)
     rng = np.random.default_rng(p.seed)
-    result = _label_test(scores, labels, p, case, rng)
-    specificity = matrix_tests.label_test(spec_scores, labels, p.n_permutations, rng)
+    result = _label_test(scores, labels, p, case, rng, design)
+    specificity = matrix_tests.label_test(spec_scores, labels, p.n_permutations, rng, design.strata)
     low, high = matrix_tests.auroc_ci(scores, labels)
     held = specificity.p >= p.specificity_alpha
     return Evidence(
@@ -102,9 +112,12 @@ def panel_test(case: Case, ctx: RunContext) -> Evidence:
         details={"mode": p.mode, "specificity_p": specificity.p, "specificity_rbc": 2 * specificity.auroc - 1,
                  "pathway_kds": design.pathway_kds, "unrelated_kds": design.unrelated_kds,
                  "regulators": design.regulators, "targets": design.targets,
-                 "unrelated_targets": design.null_targets, "dropped": design.dropped, "learned": design.learned,
+                 "unrelated_targets": design.null_targets, "matched_to": design.matched_to,
+                 "dropped": design.dropped, "learned": design.learned,
                  "scores": {k: float(v) for k, v in zip(_kds(design), scores, strict=True)},
                  "pathway_mean": float(scores[labels].mean()), "unrelated_mean": float(scores[~labels].mean()),
+                 # the unnormalised ratio of mean |J| under pathway vs unrelated KDs (the demo oracle's form)
+                 "raw_ratio": float(raw[labels].mean() / raw[~labels].mean()) if raw[~labels].mean() else None,
                  "null_histogram": common.histogram(2 * result.null - 1, 2 * result.auroc - 1)})
 
 
@@ -119,7 +132,7 @@ def routing_score(case: Case, ctx: RunContext) -> Evidence:
                            f"their routing score is undefined: {', '.join(undefined[:8])}")
     labels = _labels(design)
     rng = np.random.default_rng(p.seed)
-    result = _label_test(scores, labels, p, case, rng)
+    result = _label_test(scores, labels, p, case, rng, design)
     low, high = matrix_tests.auroc_ci(scores, labels)
     return Evidence(
         statistic=f"AUROC of the per-KD routing score ({_what(p)} on pathway pairs / on matched null pairs)",
@@ -127,28 +140,35 @@ def routing_score(case: Case, ctx: RunContext) -> Evidence:
         n=_sizes(p, design, ctx, model) | {"relabelings": len(result.null)}, seed=p.seed,
         null=_null_text(result, design),
         details={"mode": p.mode, "scores": {k: float(s) for k, s in zip(kds, scores, strict=True)},
+                 "pathway_kds": design.pathway_kds, "unrelated_kds": design.unrelated_kds,
+                 "matched_to": design.matched_to, "regulators": design.regulators, "targets": design.targets,
                  "null_regulators": design.null_regulators, "null_targets": design.null_targets,
                  "null_histogram": common.histogram(result.null, result.auroc), "dropped": design.dropped,
                  "learned": design.learned})
 
 
-def _label_test(scores: np.ndarray, labels: np.ndarray, p: JacobianParams, case: Case,
-                rng: np.random.Generator) -> matrix_tests.LabelTest:
-    """The KD-label permutation test; inconclusive when no relabeling can reach the pass rule's alpha."""
+def _label_test(scores: np.ndarray, labels: np.ndarray, p: JacobianParams, case: Case, rng: np.random.Generator,
+                design: PanelDesign) -> matrix_tests.LabelTest:
+    """The KD-label permutation test (within matched groups when the design matched them);
+    inconclusive when no relabeling can reach the pass rule's alpha."""
+    result = matrix_tests.label_test(scores, labels, p.n_permutations, rng, design.strata)
     alpha = case.spec.pass_rule.p_below
-    n_in, n_out = int(labels.sum()), int((~labels).sum())
-    if alpha is not None and 1.0 / math.comb(n_in + n_out, n_in) >= alpha:
-        raise Inconclusive(f"{n_in} pathway KDs vs {n_out} unrelated KDs allow only {math.comb(n_in + n_out, n_in)} "
-                           f"relabelings, so no permutation p can fall below {alpha}; the KD is the unit of "
-                           "replication (pairs that share KDs are not independent), so name more KDs or "
-                           "unrelated_kds in the panel")
-    return matrix_tests.label_test(scores, labels, p.n_permutations, rng)
+    if alpha is not None and result.smallest_p >= alpha:
+        count = round(1 / result.smallest_p)
+        within = " within the magnitude-matched groups" if design.strata is not None else ""
+        raise Inconclusive(f"{len(design.pathway_kds)} pathway KDs vs {len(design.unrelated_kds)} unrelated KDs allow "
+                           f"only {count} relabelings{within}, so no permutation p can fall below {alpha}; the KD is "
+                           "the unit of replication (pairs that share KDs are not independent), so name more KDs or "
+                           "unrelated_kds in the panel, or raise n_unrelated")
+    return result
 
 
 def _null_text(result: matrix_tests.LabelTest, design: PanelDesign) -> str:
     how = "every one" if result.exact else f"{len(result.null)} random ones"
+    within = (", within the groups of KDs matched in magnitude to each pathway KD"
+              if design.strata is not None else "")
     return (f"permutation of the KD labels ({how} of the relabelings of {len(design.pathway_kds)} pathway and "
-            f"{len(design.unrelated_kds)} unrelated KDs; smallest possible p {result.smallest_p:.2g})")
+            f"{len(design.unrelated_kds)} unrelated KDs{within}; smallest possible p {result.smallest_p:.2g})")
 
 
 def _kds(design: PanelDesign) -> list[str]:
@@ -186,7 +206,7 @@ def _design(case: Case, ctx: RunContext, model: LoadedModel, p: JacobianParams) 
     regulators, lost_r = resolve(panel.regulators, genes, "regulators", 1)
     targets, lost_t = resolve(panel.targets, genes, "targets", 1)
     size = p.cell_set_size or model.cell_set_len
-    unrelated = _unrelated(case, panel, model, kds, scope.kds, p, resolve, lambda: np.linalg.norm(
+    unrelated, matched_to = _unrelated(case, panel, model, kds, scope.kds, p, resolve, lambda: np.linalg.norm(
         ctx.output_shifts(model.name, size, p.seed, ctx.n_orderings(model.name, p.cell_orderings))[
             [model.pert_index(k) for k in model.kd_names]], axis=1))
     inside = set(panel.genes) | set(panel.kds) | set(regulators) | set(targets)
@@ -194,11 +214,13 @@ def _design(case: Case, ctx: RunContext, model: LoadedModel, p: JacobianParams) 
     null_targets = _matched(targets, inside, case, panel, genes, mean_expression)
     null_regulators = _matched(regulators, inside | set(null_targets), case, panel, genes, mean_expression)
     return PanelDesign(kds, unrelated, regulators, targets, null_regulators, null_targets, dropped + lost_r + lost_t,
-                       scope.learned)
+                       scope.learned, matched_to)
 
 
 def _unrelated(case: Case, panel: Panel, model: LoadedModel, kds: list[str], learned: list[str], p: JacobianParams,
-               resolve, magnitude) -> list[str]:
+               resolve, magnitude) -> tuple[list[str], dict[str, str] | None]:
+    """The comparison KDs: the panel's `unrelated_kds`, else learned KDs of no panel matched in
+    magnitude to the pathway's (with the pathway KD each was matched to)."""
     usable = set(learned)
     if panel.unrelated_kds:
         named = resolve(panel.unrelated_kds, model.kd_names, "unrelated KDs", p.min_members)[0]
@@ -207,32 +229,35 @@ def _unrelated(case: Case, panel: Panel, model: LoadedModel, kds: list[str], lea
             missing = ", ".join(k for k in named if k not in usable)
             raise Inconclusive(f"only {len(kept)} of the unrelated KDs of pathway '{panel.name}' are learned by model "
                                f"'{model.name}' (need {p.min_members}); not learned: {missing}")
-        return kept
+        return kept, None
     in_panels = {k for other in case.spec.panels.values() for k in (*other.kds, *other.genes)}
     pool = [k for k in model.kd_names if k not in in_panels and k not in kds and k in usable]
     if len(pool) < p.min_members:
         raise Inconclusive(f"only {len(pool)} learned KDs of model '{model.name}' belong to no panel; name the "
                            f"comparison KDs with 'unrelated_kds' in pathway '{panel.name}'")
-    return _magnitude_matched(pool, kds, magnitude(), model, min(p.n_unrelated, len(pool)))
+    # at most half the pool: matches drawn from a nearly exhausted pool sit below the strongest pathway KDs and
+    # above the weakest, and the within-group null then reads magnitude as pathway (tests/test_check_calibration.py)
+    return _magnitude_matched(pool, kds, magnitude(), model, min(p.n_unrelated, len(pool) // 2))
 
 
 def _magnitude_matched(pool: list[str], kds: list[str], magnitude: np.ndarray, model: LoadedModel,
-                       n: int) -> list[str]:
+                       n: int) -> tuple[list[str], dict[str, str]]:
     """`n` KDs of `pool` whose effect magnitudes follow the pathway KDs': taken in turn for each pathway
-    KD (by rank), the free pool KD nearest in magnitude. Weak KDs differ from strong ones in their
-    Jacobians whatever their pathway, so the comparison KDs must be of similar strength."""
+    KD (by rank), the free pool KD nearest in magnitude; with the pathway KD each was matched to. Weak
+    KDs differ from strong ones in their Jacobians whatever their pathway, so the comparison KDs must
+    be of similar strength, and the null permutes labels only within the matched groups."""
     index = {k: i for i, k in enumerate(model.kd_names)}
     free = sorted(pool, key=lambda k: magnitude[index[k]])
-    chosen: list[str] = []
-    targets = sorted(magnitude[index[k]] for k in kds)
-    while len(chosen) < n and free:
-        for target in targets:
-            if len(chosen) == n or not free:
+    matched_to: dict[str, str] = {}
+    by_rank = sorted(kds, key=lambda k: magnitude[index[k]])
+    while len(matched_to) < n and free:
+        for kd in by_rank:
+            if len(matched_to) == n or not free:
                 break
-            best = min(free, key=lambda k: abs(magnitude[index[k]] - target))
-            chosen.append(best)
+            best = min(free, key=lambda k: abs(magnitude[index[k]] - magnitude[index[kd]]))
+            matched_to[best] = kd
             free.remove(best)
-    return sorted(chosen)
+    return sorted(matched_to), matched_to
 
 
 def _matched(genes: list[str], exclude: set[str], case: Case, panel: Panel, all_genes: tuple[str, ...],
@@ -263,16 +288,18 @@ def _kd_sensitivity(jac: np.ndarray, regulators: list[str], targets: list[str], 
     return (values[:, scale > 0] / scale[scale > 0]).mean(axis=1)
 
 
-def _routing_scores(jac: np.ndarray, design: PanelDesign, model: LoadedModel, p: RoutingParams) -> np.ndarray:
+def _mean_sensitivity(jac: np.ndarray, regulators: list[str], targets: list[str], design: PanelDesign,
+                      model: LoadedModel, p: JacobianParams) -> np.ndarray:
+    """[K] per KD: its mean J (|J| for magnitude 'absolute') over the (regulator, target) pairs, unscaled."""
     order = list(dict.fromkeys(design.regulators + design.null_regulators))
+    block = jac[:, [order.index(r) for r in regulators]][:, :, [model.gene_names.index(t) for t in targets]]
+    return (np.abs(block) if p.magnitude == "absolute" else block).reshape(len(jac), -1).mean(axis=1)
 
-    def per_kd(regulators: list[str], targets: list[str]) -> np.ndarray:
-        block = jac[:, [order.index(r) for r in regulators]][:, :, [model.gene_names.index(t) for t in targets]]
-        block = np.abs(block) if p.magnitude == "absolute" else block
-        return block.reshape(len(jac), -1).mean(axis=1)
 
-    null = per_kd(design.null_regulators, design.null_targets)
-    return per_kd(design.regulators, design.targets) / np.where(np.abs(null) > 0, null, np.nan)
+def _routing_scores(jac: np.ndarray, design: PanelDesign, model: LoadedModel, p: RoutingParams) -> np.ndarray:
+    null = _mean_sensitivity(jac, design.null_regulators, design.null_targets, design, model, p)
+    pathway = _mean_sensitivity(jac, design.regulators, design.targets, design, model, p)
+    return pathway / np.where(np.abs(null) > 0, null, np.nan)
 
 
 def _what(p: JacobianParams) -> str:

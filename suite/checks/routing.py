@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from scipy.stats import rankdata
 
 from probes.embeddings import CELL_SAMPLINGS
 from probes.routing import centered_cosine, compare_onehot_routing, gram_cosine, svd_axes
@@ -91,13 +92,11 @@ def _correlation(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[in
 def _output_correlation(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]) -> Evidence:
     _, output_sim, routing_sim, routing = _correlation(ctx, name, p, setting)
     result = matrix_tests.mantel(output_sim, routing_sim, p.n_permutations, np.random.default_rng(p.seed))
-    ci = matrix_tests.pair_bootstrap_ci(lambda i, j: float(np.corrcoef(output_sim[i, j], routing_sim[i, j])[0, 1]),
-                                        len(output_sim), np.random.default_rng(p.seed), p.n_bootstrap)
+    ci = matrix_tests.mantel_ci(output_sim, routing_sim)
     return Evidence(
         statistic="Pearson r between pairwise ΔY cosine and pairwise Jacobian cosine (across-KD mean removed)",
         value=result.observed, effect=result.observed, ci=ci, p=result.p, seed=p.seed,
-        n={"kds": len(output_sim), "pairs": result.n_pairs, "permutations": p.n_permutations,
-           "bootstrap": p.n_bootstrap},
+        n={"kds": len(output_sim), "pairs": result.n_pairs, "permutations": p.n_permutations},
         null=f"Mantel: {p.n_permutations} permutations of the KD labels of one matrix",
         details={"cells": routing.cells, "raw_jacobian_cosine": _off_diagonal_range(gram_cosine(routing.gram)),
                  "scatter": _scatter(output_sim, routing_sim, "ΔY cosine", "Jacobian cosine (centred)", p.seed),
@@ -122,8 +121,7 @@ def _sharing(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, s
 def _cluster_sharing(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]) -> Evidence:
     _, labels, routing_sim, routing = _sharing(ctx, name, p, setting)
     result = matrix_tests.group_contrast(routing_sim, labels, p.n_permutations, np.random.default_rng(p.seed))
-    ci = matrix_tests.pair_bootstrap_ci(lambda i, j: _contrast(routing_sim, labels, i, j), len(labels),
-                                        np.random.default_rng(p.seed), p.n_bootstrap)
+    ci = matrix_tests.group_contrast_ci(routing_sim, labels)
     return Evidence(
         statistic="mean Jacobian cosine of same-cluster KD pairs - of different-cluster pairs (clusters from ΔY)",
         value=result.observed, effect=result.observed, ci=ci, p=result.p, seed=p.seed,
@@ -176,17 +174,16 @@ def _kd_separation(case: Case, ctx: RunContext, model: LoadedModel, routing: Rou
     scope = common.scope(ctx, [model.name], panel.kds, panel, routing.kds, model.gene_universe, p)
     scores = found.scores[scope.rows]
     members = scope.members
-    best = lambda s: max(_two_sided_auroc(scores[:, a], s) for a in range(scores.shape[1]))  # noqa: E731
-    observed = best(members)
-    null = np.array([best(s) for s in common.null_sets(p, members, len(scope.kds),
-                                                       lambda: np.linalg.norm(dy[scope.rows], axis=1))])
+    observed = float(_best_auroc(scores, members[None])[0])
+    null = _best_auroc(scores, common.null_sets(p, members, len(scope.kds),
+                                                lambda: np.linalg.norm(dy[scope.rows], axis=1)))
     axis = int(np.argmax([_two_sided_auroc(scores[:, a], members) for a in range(scores.shape[1])]))
     for row in table:
         row["auroc"] = round(_two_sided_auroc(scores[:, row["axis"] - 1], members), 4)
-    boot = _auroc_bootstrap(scores[:, axis], members, np.random.default_rng(p.seed), p.n_bootstrap)
+    ci = _two_sided_auroc_ci(scores[:, axis], members)
     return Evidence(
         statistic=f"best AUROC of the pathway's KDs' scores over the top {scores.shape[1]} SVD axes "
-                  "(either direction)", value=observed, effect=observed - 0.5, ci=boot, p=stats.exact_p(null, observed),
+                  "(either direction)", value=observed, effect=observed - 0.5, ci=ci, p=stats.exact_p(null, observed),
         seed=p.seed, n=scope.sizes | {"axes": scores.shape[1], "permutations": p.n_permutations},
         null=common.set_null_text(p, len(members), len(scope.kds), "ΔY norm") + "; the best axis re-chosen each time",
         details={"best_axis": axis + 1, "table": table, "null_histogram": common.histogram(null, observed),
@@ -223,6 +220,15 @@ def _axes_table(found, kds: tuple[str, ...], genes: tuple[str, ...]) -> list[dic
             for a in range(found.scores.shape[1])]
 
 
+def _best_auroc(scores: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """[n_sets] the best two-sided AUROC over the axes (columns of `scores`) of each row of `sets`, from
+    the Mann-Whitney rank sums: an axis's ranks do not depend on the set."""
+    n, k = len(scores), sets.shape[1]
+    ranks = rankdata(scores, axis=0)
+    auroc = (ranks[sets].sum(axis=1) - k * (k + 1) / 2) / (k * (n - k))
+    return np.maximum(auroc, 1.0 - auroc).max(axis=1)
+
+
 def _two_sided_auroc(scores: np.ndarray, members: np.ndarray) -> float:
     mask = np.zeros(len(scores), dtype=bool)
     mask[members] = True
@@ -230,17 +236,16 @@ def _two_sided_auroc(scores: np.ndarray, members: np.ndarray) -> float:
     return max(value, 1.0 - value)
 
 
-def _auroc_bootstrap(scores, members, rng, n_boot) -> tuple[float, float] | None:
-    others = np.setdiff1d(np.arange(len(scores)), members)
-    values = []
-    for _ in range(n_boot):
-        picked_in, picked_out = rng.choice(members, len(members)), rng.choice(others, len(others))
-        values.append(_two_sided_auroc(np.concatenate([scores[picked_in], scores[picked_out]]),
-                                       np.arange(len(members))) - 0.5)
-    return common.percentile_ci(values)
+def _two_sided_auroc_ci(scores: np.ndarray, members: np.ndarray) -> tuple[float, float]:
+    """DeLong's interval of the chosen axis's AUROC (matrix_tests.auroc_ci), read in the direction
+    that separates the members, minus 0.5: the interval of the effect beside it."""
+    mask = np.zeros(len(scores), dtype=bool)
+    mask[members] = True
+    low, high = matrix_tests.auroc_ci(scores, mask)
+    if matrix_tests.auroc(scores, mask) < 0.5:
+        low, high = 1.0 - high, 1.0 - low
+    return low - 0.5, high - 0.5
 
-
-# ---- two models: one-hot Jacobians (NB05, NB08) -----------------------------------------------
 
 def divergence(case: Case, ctx: RunContext) -> Evidence:
     """Not restricted to learned KDs: a KD one model learned and the other did not is exactly what

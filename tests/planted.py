@@ -1,0 +1,215 @@
+"""Planted probe outputs for running the suite's real check functions without a network.
+
+The checks read everything a model computes through the run context's accessors (ΔY, per-set
+representations, pert_encoder outputs, targeted Jacobians, KO matrices, routing Jacobians). A
+`PlantedRun` answers those accessors with arrays a test planted, so a test can call
+`CHECKS[name].run(case, ctx)` itself (the same code a pytest run executes, defaults and nulls
+included) on inputs whose truth it knows, and compare the numbers with an independent
+computation or count false positives over many draws. This is a harness for the checks'
+numerics only: every accessor's own computation on real checkpoints is tested in
+tests/test_probes.py, test_routing.py and test_jacobian.py.
+
+`world(seed)` plants the structure a trained model has and that makes naive tests lie: KDs in
+clusters, effect magnitudes spread over two orders of magnitude, weak KDs collapsing onto one
+generic response, and a second model that agrees with the first on every KD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from suite.cases import Case
+from suite.checks import CHECKS
+from suite.learnedness import Learnedness
+from suite.panels import Panel
+from suite.session import Routing, RunContext
+from suite.spec import HypothesisSpec
+from suite.verdicts import PassRule
+
+CONTROL = "non-targeting"
+
+
+@dataclass
+class PlantedModel:
+    """What the checks read of a LoadedModel: names, control cells, cell_set_len."""
+
+    name: str
+    kds: tuple[str, ...]
+    gene_names: tuple[str, ...]
+    cells: torch.Tensor                      # [n_cells, G] control cells
+    cell_set_len: int = 16
+    control_pert: str = CONTROL
+
+    @property
+    def pert_names(self) -> tuple[str, ...]:
+        return (self.control_pert, *self.kds)
+
+    @property
+    def kd_names(self) -> tuple[str, ...]:
+        return self.kds
+
+    @property
+    def gene_universe(self) -> frozenset[str]:
+        return frozenset(self.gene_names) | frozenset(self.kds)
+
+    def pert_index(self, name: str) -> int:
+        return self.pert_names.index(name)
+
+
+@dataclass
+class Outputs:
+    """One model's planted probe outputs; rows in pert_names order (control first) unless said."""
+
+    shifts: np.ndarray                       # [P, G] ΔY
+    per_set: np.ndarray                      # [n_sets, P, D] per-cell-set representation shifts
+    embeddings: np.ndarray                   # [P, H] pert_encoder outputs
+    targeted: np.ndarray                     # [P, G, G] dY[target]/dX[regulator]: [KD, regulator, target]
+    knockouts: np.ndarray                    # [G, G] KO of row gene -> output shift
+    routing: np.ndarray                      # [K, G, H] dY/d pert_repr, KD rows only
+    encoder: np.ndarray                      # [K, H, P] d pert_repr / d onehot, KD rows only
+    learned: np.ndarray | None = None        # [K] bool, default all learned (judged without cells)
+
+
+class PlantedRun(RunContext):
+    """A RunContext whose probe outputs are planted arrays (see the module docstring)."""
+
+    def __init__(self, models: dict[str, PlantedModel], outputs: dict[str, Outputs]) -> None:
+        super().__init__({}, torch.device("cpu"), cell_orderings=1)
+        self.planted, self.outputs = models, outputs
+        for name, out in outputs.items():
+            self._memo[("pert_embeddings", name)] = out.embeddings
+
+    def model(self, name: str) -> PlantedModel:
+        return self.planted[name]
+
+    def n_orderings(self, name: str, requested: int | None) -> int:
+        return 1
+
+    def learnedness(self, name: str) -> Learnedness:
+        kds = self.planted[name].kds
+        learned = self.outputs[name].learned
+        untrained = np.zeros(len(kds), bool) if learned is None else ~learned
+        nan = np.full(len(kds), np.nan)
+        return Learnedness(kds, nan, nan, nan, np.zeros(len(kds)), untrained, "planted", observed=False)
+
+    def output_shifts(self, name, size, seed, n_orderings, sampling="random") -> np.ndarray:
+        return self.outputs[name].shifts
+
+    def representations(self, name, kind, layer, n_sets, size, seed, n_orderings) -> np.ndarray:
+        return self.outputs[name].per_set[:n_sets]
+
+    def sae(self, name):
+        return None, 0
+
+    def jacobians(self, name, kds, regulators, mode, size, seed, n_orderings) -> np.ndarray:
+        model, out = self.planted[name], self.outputs[name]
+        rows = [model.pert_index(k) for k in kds]
+        columns = [model.gene_names.index(r) for r in regulators]
+        return out.targeted[rows][:, columns]
+
+    def knockouts(self, name, genes, perturbation, size, seed, n_orderings):
+        model = self.planted[name]
+        rows = [model.gene_names.index(g) for g in genes]
+        return self.outputs[name].knockouts[rows], tuple(genes), "planted"
+
+    def routing(self, name, size, seed, sampling, n_orderings) -> Routing:
+        jac = self.outputs[name].routing
+        flat = jac.reshape(len(jac), -1).astype(np.float64)
+        return Routing(self.planted[name].kds, jac, flat @ flat.T, "planted")
+
+    def encoder_jacobians(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(self.outputs[name].encoder)
+
+
+@dataclass(frozen=True)
+class World:
+    """Two planted models over the same KDs and genes, and the latent truth they were drawn from."""
+
+    ctx: PlantedRun
+    kds: tuple[str, ...]
+    genes: tuple[str, ...]
+    magnitude: np.ndarray                    # [K] planted effect size of each KD
+    cluster: np.ndarray                      # [K] planted cluster of each KD
+    names: tuple[str, str] = ("model_a", "model_b")
+
+
+def world(seed: int, n_kds: int = 60, n_genes: int = 40, hidden: int = 12, n_sets: int = 8,
+          n_clusters: int = 6, weak_share: float = 0.3, agreement: float = 0.8, n_cells: int = 64,
+          coupled: bool = True, plant: dict | None = None) -> World:
+    """Two models whose KDs fall in `n_clusters` clusters, a `weak_share` of them with weak effects
+    that collapse onto one generic response; model_b shares model_a's structure (`agreement`) plus its
+    own noise. `coupled`: the routing Jacobians follow the KDs' ΔY (as in a trained model) or not (the
+    null of the whole-model routing tests). `plant` adds signal for a set of KDs or genes:
+    {"kds": [...], "genes": [...], "size": s}."""
+    rng = np.random.default_rng(seed)
+    genes = tuple(f"g{i:02d}" for i in range(n_genes))
+    kds = genes[:n_kds] if n_kds <= n_genes else genes + tuple(f"k{i:02d}" for i in range(n_kds - n_genes))
+    cluster = rng.integers(0, n_clusters, n_kds)
+    magnitude = np.exp(rng.normal(0.0, 1.0, n_kds))
+    weak = rng.random(n_kds) < weak_share
+    magnitude[weak] *= 0.05
+    centroids, generic = rng.normal(size=(n_clusters, n_genes)), rng.normal(size=n_genes)
+    direction = centroids[cluster] + 0.7 * rng.normal(size=(n_kds, n_genes))
+    direction[weak] = generic + 0.3 * rng.normal(size=(weak.sum(), n_genes))
+    plant = plant or {}
+    planted_kds = [kds.index(k) for k in plant.get("kds", ())]
+    if planted_kds:
+        direction[planted_kds] += plant["size"] * rng.normal(size=n_genes)
+    latent = direction / np.linalg.norm(direction, axis=1, keepdims=True) * magnitude[:, None]
+    ko_latent = centroids[rng.integers(0, n_clusters, n_genes)] + rng.normal(size=(n_genes, n_genes))
+    ko_latent[:, :] += 1.5 * generic                    # every KO shares the common response
+    planted_genes = [genes.index(g) for g in plant.get("genes", ())]
+    if planted_genes:
+        ko_latent[planted_genes] += plant["size"] * rng.normal(size=n_genes)
+    reg_latent = rng.normal(size=(n_kds, n_genes, n_genes))
+    route_latent = rng.normal(size=(n_kds, n_genes, hidden))
+    if coupled:
+        route_latent += latent[:, :, None] * rng.normal(size=hidden)
+    enc_latent = rng.normal(size=(n_kds, hidden, n_kds + 1))
+    cells = torch.from_numpy(np.abs(rng.normal(1.0, 0.5, (n_cells, n_genes))) * np.exp(rng.normal(0, 1, n_genes)))
+    models, outputs = {}, {}
+    for m, name in enumerate(("model_a", "model_b")):
+        mix = 1.0 if m == 0 else agreement
+        own = np.sqrt(1 - mix ** 2)
+
+        def noisy(x: np.ndarray, scale: float = 1.0, mix: float = mix, own: float = own) -> np.ndarray:
+            return mix * x + own * scale * rng.normal(size=x.shape) * np.std(x)
+
+        shifts = noisy(latent, 0.5)
+        per_set = shifts[None] + 0.3 * rng.normal(size=(n_sets, *shifts.shape)) * magnitude[:, None]
+        embedding = noisy(np.hstack([latent, rng.normal(size=(n_kds, 4)) * 0.1]), 0.5)
+        targeted = np.abs(noisy(reg_latent)) * magnitude[:, None, None]
+        with_control = lambda x: np.concatenate([np.zeros((1, *x.shape[1:])), x])  # noqa: E731
+        outputs[name] = Outputs(
+            shifts=with_control(shifts), per_set=np.concatenate([np.zeros((n_sets, 1, n_genes)), per_set], axis=1),
+            embeddings=np.vstack([rng.normal(size=(1, n_genes + 4)) * 0.1, embedding]),
+            targeted=with_control(targeted), knockouts=noisy(ko_latent, 0.7),
+            routing=noisy(route_latent).astype(np.float32), encoder=noisy(enc_latent).astype(np.float32))
+        models[name] = PlantedModel(name, kds, genes, cells.clone())
+    return World(PlantedRun(models, outputs), kds, genes, magnitude, cluster)
+
+
+@dataclass(frozen=True)
+class CaseFor:
+    """Builds the cases of one check on a world: its axes, its default parameters (overridden),
+    and its pass rule (the check's own default)."""
+
+    probe: str
+    params: dict = field(default_factory=dict)
+
+    def __call__(self, panel: Panel, axes: dict, others: tuple[Panel, ...] = (), **params) -> Case:
+        check = CHECKS[self.probe]
+        values = replace(check.params(), **{**self.params, **params})
+        rule: PassRule = check.default_rule(values)
+        panels = {panel.name: panel, **{p.name: p for p in others}}
+        spec = HypothesisSpec(id=f"planted-{self.probe}", claim="planted", probe=self.probe, axes={}, params=values,
+                              pass_rule=rule, expected=(), panels=panels, file="planted.yaml", line=1)
+        return Case(f"planted-{self.probe}-{panel.name}", spec, axes, None)
+
+
+def run(case: Case, ctx: RunContext):
+    """The check's evidence, exactly as a pytest run computes it."""
+    return CHECKS[case.spec.probe].run(case, ctx)

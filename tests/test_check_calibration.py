@@ -1,0 +1,119 @@
+"""Every statistical check's false-positive rate, measured on the check function itself.
+
+Each test runs a check exactly as a pytest run does (`CHECKS[name].run`, its default null model and
+defaults, tests/planted.py supplying the probe outputs) on worlds where its hypothesis is false by
+construction, over several seeds: a random panel in a world of clustered KDs with weak KDs
+collapsing together and two models that agree on everything (set tests), or routing Jacobians drawn
+independently of the outputs (whole-model tests). The count of p < alpha over DRAWS runs must lie in
+the central binomial interval around the test's exact level, at 1 - 0.05 / (number of checks) so that
+the whole family of calibrated checks fails by chance at most 5% of the time: with B null draws a permutation p
+is (1 + #null >= observed) / (B + 1), so the level is (ceil(alpha (B + 1)) - 1) / (B + 1), 0.045 at
+B = 199. Statistics with ties (hit rates, Jaccard overlaps, best-cluster p) are conservative by
+construction and are bounded from above only, and from below by half the interval's floor.
+
+The calibration tests' own power (test_the_calibration_tests_catch_a_test_at_1_5_alpha): a check
+whose real false-positive rate is 1.5 x its level falls outside the interval with probability
+POWER (0.92 at 2,000 draws), one at half its level with probability 0.996, computed exactly from the
+binomial.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from suite import stats
+from suite.panels import Panel
+
+from .planted import CaseFor, run, world
+
+ALPHA, PERMUTATIONS, SEEDS, PER_SEED = 0.05, 199, 8, 250
+DRAWS = SEEDS * PER_SEED
+LEVEL = (math.ceil(ALPHA * (PERMUTATIONS + 1)) - 1) / (PERMUTATIONS + 1)
+WORLD = {"n_kds": 40, "n_genes": 30}
+ONE, PAIR = {"model": "model_a", "pathway": "p"}, {"model_pair": ("model_a", "model_b"), "pathway": "p"}
+
+# (check, its parameters, axes, tie-prone)
+SET_TESTS = [
+    ("pert_embedding_coherence", {}, ONE, False),
+    ("pert_embedding_coherence", {"statistic": "nn_hit_rate"}, ONE, True),
+    ("pert_embedding_consistency", {}, PAIR, True),
+    ("representation_coherence", {}, ONE, False),
+    ("representation_clusters", {}, ONE, True),
+    ("representation_consistency", {}, PAIR, True),
+    ("knockout_coherence", {}, ONE, False),
+    ("knockout_cross_line", {}, PAIR, False),
+    ("targeted_jacobian", {}, ONE, False),
+    ("jacobian_routing_score", {}, ONE, False),
+    ("routing_axes", {}, ONE, False),
+    ("routing_axes", {"by": "gene_loadings"}, ONE, False),
+    ("routing_divergence", {}, PAIR, False),
+    ("routing_consistency", {}, PAIR, False),
+]
+WHOLE_MODEL = ["routing_output_correlation", "routing_cluster_sharing"]
+FAMILY = len(SET_TESTS) + len(WHOLE_MODEL)
+LOW, HIGH = stats.binomial_interval(DRAWS, LEVEL, level=1 - 0.05 / FAMILY)
+
+
+def _rejection(rate: float) -> float:
+    """P(a check whose true false-positive rate is `rate` falls outside [LOW, HIGH])."""
+    return float(binom.sf(HIGH, DRAWS, rate) + binom.cdf(LOW - 1, DRAWS, rate))
+
+
+POWER = _rejection(1.5 * LEVEL)
+
+
+def _quick(probe: str, params: dict, seed: int) -> dict:
+    """The check's defaults with B = PERMUTATIONS null draws, no bootstrap (no p reads it), its own seed."""
+    fields = CaseFor(probe)(Panel("x", ("a",), ("a",)), ONE).spec.params
+    out = {**params, "n_permutations": PERMUTATIONS, "seed": seed}
+    return out | ({"n_bootstrap": 0} if hasattr(fields, "n_bootstrap") else {})
+
+
+def _random_panel(rng: np.random.Generator, kds, genes, size: int = 8) -> Panel:
+    picked_genes = tuple(rng.choice(genes, size, replace=False).tolist())
+    return Panel("p", kds=tuple(rng.choice(kds, size, replace=False).tolist()), genes=picked_genes,
+                 regulators=picked_genes[:3], targets=picked_genes[3:])
+
+
+def _set_test_p_values(probe: str, params: dict, axes: dict) -> list[float]:
+    ps = []
+    for seed in range(SEEDS):
+        w = world(100 + seed, **WORLD)
+        rng = np.random.default_rng(seed)
+        for draw in range(PER_SEED):
+            case = CaseFor(probe, _quick(probe, params, draw))(_random_panel(rng, w.kds, w.genes), axes)
+            ps.append(run(case, w.ctx).p)
+    return ps
+
+
+def _assert_calibrated(ps: list[float], tie_prone: bool) -> None:
+    assert len(ps) == DRAWS and all(np.isfinite(ps))
+    hits = sum(p < ALPHA for p in ps)
+    low = LOW // 2 if tie_prone else LOW
+    assert low <= hits <= HIGH, f"{hits} of {DRAWS} null runs below alpha; expected {low}..{HIGH} (level {LEVEL})"
+
+
+def test_the_calibration_tests_catch_a_test_at_1_5_alpha():
+    assert (LOW, HIGH) == (64, 119)
+    assert POWER > 0.9 and _rejection(0.5 * LEVEL) > 0.99
+    assert FAMILY * _rejection(LEVEL) < 0.05        # a calibrated family fails by chance less than 5% of runs
+
+
+@pytest.mark.parametrize(("probe", "params", "axes", "tie_prone"), SET_TESTS,
+                         ids=[f"{s[0]}{'-' + '-'.join(map(str, s[1].values())) if s[1] else ''}" for s in SET_TESTS])
+def test_set_test_false_positive_rate_is_its_level(probe, params, axes, tie_prone):
+    _assert_calibrated(_set_test_p_values(probe, params, axes), tie_prone)
+
+
+@pytest.mark.parametrize("probe", WHOLE_MODEL)
+def test_whole_model_routing_false_positive_rate_is_its_level(probe):
+    ps = []
+    for draw in range(DRAWS):
+        w = world(1000 + draw, n_kds=30, n_genes=20, hidden=6, n_sets=2, coupled=False)
+        case = CaseFor(probe, _quick(probe, {"reinit_copies": 0}, draw))(Panel("p", (), ()), {"model": "model_a"})
+        ps.append(run(case, w.ctx).p)
+    _assert_calibrated(ps, tie_prone=False)
