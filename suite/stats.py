@@ -53,6 +53,30 @@ def mean_pairwise(sim: np.ndarray, members: Sequence[int]) -> float:
     return float(block[upper][distinct].mean())
 
 
+def mean_pairwise_many(sim: np.ndarray, sets: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """[n_sets] mean_pairwise of each row of `sets`, vectorised."""
+    sets = np.asarray(sets)
+    i, j = np.triu_indices(sets.shape[1], k=1)
+    out = np.empty(len(sets))
+    for start in range(0, len(sets), chunk):
+        block = sets[start:start + chunk]
+        values, distinct = sim[block[:, i], block[:, j]], block[:, i] != block[:, j]
+        out[start:start + chunk] = (values * distinct).sum(axis=1) / distinct.sum(axis=1)
+    return out
+
+
+def within_many(x: np.ndarray, sets: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """[n_sets] the `within` of within_and_background for each row of `sets`, vectorised."""
+    unit, sets = unit_rows(x), np.asarray(sets)
+    m = sets.shape[1]
+    out = np.empty(len(sets))
+    for start in range(0, len(sets), chunk):
+        block = unit[sets[start:start + chunk]]                      # [chunk, m, D]
+        summed = block.sum(axis=1)
+        out[start:start + chunk] = ((summed * summed).sum(axis=1) - (block * block).sum(axis=(1, 2))) / (m * (m - 1))
+    return out
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norms, out=np.zeros_like(x, dtype=float), where=norms > 0)
@@ -82,6 +106,16 @@ def nn_hit_rate(sim: np.ndarray, members: Sequence[int], candidates: Sequence[in
         nearest = others[np.argmax(sim[m, others])]
         hits += int(nearest) in member_set
     return hits / len(members)
+
+
+def nn_hit_rate_many(sim: np.ndarray, sets: np.ndarray, candidates: Sequence[int]) -> np.ndarray:
+    """[n_sets] nn_hit_rate of each row of `sets` (members among the candidates), vectorised: every
+    item's nearest candidate is found once."""
+    cand, sets = np.asarray(candidates), np.asarray(sets)
+    block = sim[:, cand].astype(float, copy=True)
+    block[cand, np.arange(len(cand))] = -np.inf                    # an item is not its own neighbour
+    nearest = cand[np.argmax(block, axis=1)]                       # first maximum, as nn_hit_rate takes it
+    return (nearest[sets][:, :, None] == sets[:, None, :]).any(axis=2).mean(axis=1)
 
 
 def knn_table(sim: np.ndarray, k: int) -> np.ndarray:
@@ -180,10 +214,12 @@ def permutations_within(rng: np.random.Generator, strata: list[np.ndarray], n_it
     return perms
 
 
-def set_permutation_test(statistic: SetStatistic, members: Sequence[int], null_sets: np.ndarray) -> PermutationResult:
-    """Compare statistic(members) with the statistic on each row of `null_sets`."""
+def set_permutation_test(statistic: SetStatistic, members: Sequence[int], null_sets: np.ndarray,
+                         many: Callable[[np.ndarray], np.ndarray] | None = None) -> PermutationResult:
+    """Compare statistic(members) with the statistic on each row of `null_sets` (computed by `many`,
+    the same statistic vectorised over sets, when given)."""
     observed = statistic(np.asarray(members))
-    null = np.array([statistic(row) for row in null_sets])
+    null = many(np.asarray(null_sets)) if many else np.array([statistic(row) for row in null_sets])
     return PermutationResult(observed, null, exact_p(null, observed))
 
 

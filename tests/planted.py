@@ -116,9 +116,12 @@ class PlantedRun(RunContext):
         return self.outputs[name].knockouts[rows], tuple(genes), "planted"
 
     def routing(self, name, size, seed, sampling, n_orderings) -> Routing:
-        jac = self.outputs[name].routing
-        flat = jac.reshape(len(jac), -1).astype(np.float64)
-        return Routing(self.planted[name].kds, jac, flat @ flat.T, "planted")
+        def compute() -> Routing:
+            jac = self.outputs[name].routing
+            flat = jac.reshape(len(jac), -1).astype(np.float64)
+            return Routing(self.planted[name].kds, jac, flat @ flat.T, "planted")
+
+        return self.memo(("planted_routing", name), compute)      # planted outputs do not depend on the cells
 
     def encoder_jacobians(self, name: str) -> torch.Tensor:
         return torch.from_numpy(self.outputs[name].encoder)

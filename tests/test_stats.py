@@ -241,3 +241,18 @@ def test_the_set_null_of_consistency_singles_out_the_pathway():
     pathway_only = [_set_null_agreement_p(*_clustered_models(rng, False), rng) for _ in range(40)]
     assert _rate(everywhere) <= 0.15
     assert _rate(pathway_only) >= 0.9
+
+
+def test_vectorised_set_statistics_equal_the_one_set_versions():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 7))
+    x[3] = 0.0                                   # a zero row: cosine 0 with everything
+    sim = stats.cosine_similarity_matrix(x)
+    sets = np.array([rng.choice(40, 6, replace=False) for _ in range(300)])
+    sets[0] = [1, 1, 2, 3, 4, 5]                 # a repeated position: its self-pair is left out
+    assert stats.mean_pairwise_many(sim, sets, chunk=64) == pytest.approx([stats.mean_pairwise(sim, s) for s in sets])
+    assert stats.within_many(x, sets[1:], chunk=64) == pytest.approx(
+        [stats.within_and_background(x, s)[0] for s in sets[1:]])
+    tied = np.round(sim, 1)                      # ties: both take the first maximum
+    assert stats.nn_hit_rate_many(tied, sets[1:], np.arange(40)) == pytest.approx(
+        [stats.nn_hit_rate(tied, s, np.arange(40)) for s in sets[1:]])

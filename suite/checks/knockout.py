@@ -22,6 +22,7 @@ genes plus the most variable remaining genes, up to `n_genes`, knocked out under
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -70,7 +71,9 @@ def cross_line(case: Case, ctx: RunContext) -> Evidence:
     observed = float(np.nanmean(r[members]))
     magnitude = (np.linalg.norm(a, axis=1) / np.linalg.norm(a, axis=1).mean()
                  + np.linalg.norm(b, axis=1) / np.linalg.norm(b, axis=1).mean())
-    null = np.array([np.nanmean(r[s]) for s in common.null_sets(p, members, len(r), lambda: magnitude)])
+    with warnings.catch_warnings():     # a null set of genes without any defined r gives NaN, which never counts
+        warnings.simplefilter("ignore", RuntimeWarning)
+        null = np.nanmean(r[common.null_sets(p, members, len(r), lambda: magnitude)], axis=1)
     # the interval of the effect it stands beside: the all-gene mean is the fixed reference
     ci = stats.mean_ci(r[members] - float(np.nanmean(r)))
     table = sorted(({"gene": genes[i], "r": float(r[i])} for i in members), key=lambda row: -row["r"])
@@ -96,7 +99,8 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     present, dropped, members = _members(case, list(rows), model.gene_universe, p, model.name)
     within, background = stats.within_and_background(profiles, members)
     null_sets = common.null_sets(p, members, len(rows), lambda: _match_on(profiles, p.null_match))
-    result = stats.set_permutation_test(lambda s: stats.within_and_background(profiles, s)[0], members, null_sets)
+    result = stats.set_permutation_test(lambda s: stats.within_and_background(profiles, s)[0], members, null_sets,
+                                        lambda sets: stats.within_many(profiles, sets))
     # resampled genes are compared by position, so a gene drawn twice is not paired with its own copy
     member_sim = stats.cosine_similarity_matrix(profiles[members])
     ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(member_sim, s) - background, np.arange(len(members)),
@@ -125,13 +129,22 @@ def _match_on(profiles: np.ndarray, what: str) -> np.ndarray:
 
 
 def per_gene_spearman(a: np.ndarray, b: np.ndarray, leave_out: list[int]) -> np.ndarray:
-    """Spearman r between row i of `a` and of `b`, without column leave_out[i] (-1: none)."""
-    r = np.full(len(a), np.nan)
-    for i, column in enumerate(leave_out):
-        x, y = (np.delete(m[i], column) if column >= 0 else m[i] for m in (a, b))
-        if x.std() > 0 and y.std() > 0:
-            r[i] = float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
-    return r
+    """Spearman r between row i of `a` and of `b`, without column leave_out[i] (-1: none); NaN where
+    either row is constant."""
+    a, b = np.asarray(a, dtype=float).copy(), np.asarray(b, dtype=float).copy()
+    undefined = ~np.isfinite(a).all(axis=1) | ~np.isfinite(b).all(axis=1)     # NaN in, NaN out: never dropped
+    rows = np.arange(len(a))
+    out = np.asarray(leave_out)
+    left = out >= 0
+    a[rows[left], out[left]], b[rows[left], out[left]] = np.nan, np.nan
+    ranks = [rankdata(m, axis=1, nan_policy="omit") for m in (a, b)]     # the left-out column stays NaN
+    centred = [x - np.nanmean(x, axis=1, keepdims=True) for x in ranks]
+    products = [np.nansum(x * y, axis=1) for x, y in ((centred[0], centred[1]), (centred[0], centred[0]),
+                                                      (centred[1], centred[1]))]
+    cov, var_a, var_b = products
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = cov / np.sqrt(var_a * var_b)
+    return np.where((var_a > 0) & (var_b > 0) & ~undefined, r, np.nan)
 
 
 def _knockouts(ctx: RunContext, model: LoadedModel, case: Case, p: KnockoutParams, models: list[LoadedModel]):

@@ -73,7 +73,8 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     if p.statistic == "nn_hit_rate":
         return _hit_rate_evidence(p, sim, scope, everyone, null_sets, null_text, model, ctx)
     background = stats.mean_pairwise(sim, everyone)
-    result = stats.set_permutation_test(lambda s: stats.mean_pairwise(sim, s), members, null_sets)
+    result = stats.set_permutation_test(lambda s: stats.mean_pairwise(sim, s), members, null_sets,
+                                        lambda sets: stats.mean_pairwise_many(sim, sets))
     ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(sim, s) - background, members,
                             np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
@@ -97,7 +98,8 @@ def _heatmap(case: Case, sim: np.ndarray, kds: list[str], members: np.ndarray) -
 def _hit_rate_evidence(p: CoherenceParams, sim, scope: common.Scope, everyone, null_sets, null_text, model,
                        ctx) -> Evidence:
     members = scope.members
-    result = stats.set_permutation_test(lambda s: stats.nn_hit_rate(sim, s, everyone), members, null_sets)
+    result = stats.set_permutation_test(lambda s: stats.nn_hit_rate(sim, s, everyone), members, null_sets,
+                                        lambda sets: stats.nn_hit_rate_many(sim, sets, everyone))
     hits = round(result.observed * len(members))
     low, high = binomtest(hits, len(members)).proportion_ci(method="wilson")
     return Evidence(

@@ -86,7 +86,8 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     members, x = scope.members, per_set.mean(axis=0)
     within, background = stats.within_and_background(x, members)
     null_sets = common.null_sets(p, members, len(x), lambda: np.linalg.norm(x, axis=1))
-    result = stats.set_permutation_test(lambda s: stats.within_and_background(x, s)[0], members, null_sets)
+    result = stats.set_permutation_test(lambda s: stats.within_and_background(x, s)[0], members, null_sets,
+                                        lambda sets: stats.within_many(x, sets))
     rng = np.random.default_rng(p.seed)
     boot = [np.subtract(*stats.within_and_background(per_set[rng.integers(0, len(per_set), len(per_set))].mean(0),
                                                     members)) for _ in range(p.n_bootstrap)]

@@ -255,7 +255,7 @@ def divergence(case: Case, ctx: RunContext) -> Evidence:
     members = _pair_members(case, kds, ctx, p)
     neutral = _neutral(case, kds, members)
     observed = float(cmp.divergence[members].mean())
-    null = np.array([cmp.divergence[s].mean() for s in common.null_sets(p, members, len(kds), lambda: magnitude)])
+    null = cmp.divergence[common.null_sets(p, members, len(kds), lambda: magnitude)].mean(axis=1)
     ratio = observed / float(cmp.divergence[neutral].mean()) if len(neutral) else float("nan")
     ci = stats.bootstrap_ci(lambda s: float(cmp.divergence[s].mean()), members, np.random.default_rng(p.seed),
                             p.n_bootstrap)
@@ -279,8 +279,7 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
     scope = common.scope(ctx, [a.name, b.name], panel.kds, panel, kds, a.gene_universe | b.gene_universe, p)
     correlation, members = cmp.correlation[scope.rows], scope.members
     observed = float(correlation[members].mean())
-    null = np.array([correlation[s].mean()
-                     for s in common.null_sets(p, members, len(scope.kds), lambda: magnitude[scope.rows])])
+    null = correlation[common.null_sets(p, members, len(scope.kds), lambda: magnitude[scope.rows])].mean(axis=1)
     ci = stats.bootstrap_ci(lambda s: float(correlation[s].mean()), members, np.random.default_rng(p.seed),
                             p.n_bootstrap)
     overall = float(correlation.mean())
@@ -302,19 +301,26 @@ def _comparison(case: Case, ctx: RunContext, p: RoutingParams):
 
     def compute():
         (ra, dya), (rb, dyb) = (_routing_and_shifts(ctx, m.name, p, s) for m, s in zip((a, b), settings, strict=True))
-        kds = [k for k in ra.kds if k in set(rb.kds)]
-        ia, ib = [ra.kds.index(k) for k in kds], [rb.kds.index(k) for k in kds]
-        genes = [g for g in a.gene_names if g in set(b.gene_names)]
-        vocab = [k for k in a.pert_names if k in set(b.pert_names)]
+        row_a, row_b = _positions(ra.kds), _positions(rb.kds)
+        kds = [k for k in ra.kds if k in row_b]
+        ia, ib = [row_a[k] for k in kds], [row_b[k] for k in kds]
+        gene_a, gene_b = _positions(a.gene_names), _positions(b.gene_names)
+        genes = [g for g in a.gene_names if g in gene_b]
+        pert_a, pert_b = _positions(a.pert_names), _positions(b.pert_names)
+        vocab = [k for k in a.pert_names if k in pert_b]
         cmp = compare_onehot_routing(
             ra.jacobians[ia], ctx.encoder_jacobians(a.name)[ia], rb.jacobians[ib], ctx.encoder_jacobians(b.name)[ib],
-            [a.gene_names.index(g) for g in genes], [b.gene_names.index(g) for g in genes],
-            [a.pert_index(k) for k in vocab], [b.pert_index(k) for k in vocab])
+            [gene_a[g] for g in genes], [gene_b[g] for g in genes], [pert_a[k] for k in vocab],
+            [pert_b[k] for k in vocab])
         magnitude = sum(np.linalg.norm(d, axis=1) / np.linalg.norm(d, axis=1).mean() for d in (dya[ia], dyb[ib]))
         return tuple(kds), cmp, magnitude
 
     kds, cmp, magnitude = ctx.memo(("routing_comparison", a.name, b.name, settings, p.seed), compute)
     return kds, cmp, magnitude, f"{a.name} vs {b.name}"
+
+
+def _positions(names) -> dict[str, int]:
+    return {name: i for i, name in enumerate(names)}
 
 
 def _pair_members(case: Case, kds: tuple[str, ...], ctx: RunContext, p: RoutingParams) -> np.ndarray:
