@@ -141,6 +141,12 @@ def neighbour_agreement(nn_a: np.ndarray, nn_b: np.ndarray, members: Sequence[in
     return float(np.mean(scores))
 
 
+def neighbour_jaccards(nn_a: np.ndarray, nn_b: np.ndarray) -> np.ndarray:
+    """[n] each item's Jaccard overlap of its k-NN sets in A and in B (neighbour_agreement of one item)."""
+    return np.array([len(set(a.tolist()) & set(b.tolist())) / len(set(a.tolist()) | set(b.tolist()))
+                     for a, b in zip(nn_a, nn_b, strict=True)])
+
+
 def average_linkage_clusters(x: np.ndarray, n_clusters: int) -> np.ndarray:
     """Cluster labels (1..n_clusters) of rows by average-linkage hierarchical clustering on cosine distance."""
     distance = np.clip(1.0 - (unit_rows(x) @ unit_rows(x).T)[np.triu_indices(len(x), k=1)], 0.0, 2.0)

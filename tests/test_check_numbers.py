@@ -16,6 +16,7 @@ import pytest
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist, squareform
 from scipy.stats import hypergeom, mannwhitneyu, pearsonr, rankdata, spearmanr
+from scipy.stats import t as student_t
 
 from suite.panels import Panel
 
@@ -95,6 +96,8 @@ def test_pert_embedding_consistency(planted):
     evidence = run(CaseFor("pert_embedding_consistency")(panel, PAIR), w.ctx)
     sims = [_cosine(o.embeddings[1:] - o.embeddings[0]) for o in (a, b)]     # displacements from the control
     assert evidence.value == pytest.approx(_jaccard_of_knn(*sims, members, 5), abs=1e-12)
+    per_kd = np.array([_jaccard_of_knn(*sims, [i], 5) for i in members])
+    assert evidence.ci == pytest.approx(_t_interval(per_kd - evidence.details["null_mean"]))
 
 
 def test_representation_coherence(planted):
@@ -238,6 +241,7 @@ def test_routing_axes_gene_loadings(planted):
     share /= share.sum(axis=1, keepdims=True)
     fold = share[:, genes].sum(axis=1) * len(w.genes) / len(genes)
     assert evidence.value == pytest.approx(fold.max())
+    assert evidence.ci == pytest.approx(_t_interval(share[np.argmax(fold), genes] * len(w.genes) - 1))
 
 
 def _onehot(out, k):
@@ -254,9 +258,16 @@ def test_routing_divergence_and_consistency(planted):
     evidence = run(CaseFor("routing_divergence")(panel, PAIR), w.ctx)
     assert evidence.value == pytest.approx(divergence[members].mean())
     assert evidence.effect == pytest.approx(divergence[members].mean() - divergence.mean())
+    assert evidence.ci == pytest.approx(_t_interval(divergence[members] - divergence.mean()))
     evidence = run(CaseFor("routing_consistency")(panel, PAIR), w.ctx)
     assert evidence.value == pytest.approx(r[members].mean())
     assert evidence.effect == pytest.approx(r[members].mean() - r.mean())
+    assert evidence.ci == pytest.approx(_t_interval(r[members] - r.mean()))
+
+
+def _t_interval(values: np.ndarray) -> tuple[float, float]:
+    half = student_t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return values.mean() - half, values.mean() + half
 
 
 def _routing_cosine(out):

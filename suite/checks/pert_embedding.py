@@ -125,11 +125,11 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
     members = scope.members
     magnitude = lambda: _pair_magnitude(ctx, (model_a, model_b), scope.kds, p)  # noqa: E731
     result, ci = common.neighbour_consistency(sims, p.k, members,
-                                              common.null_sets(p, members, len(scope.kds), magnitude), p)
+                                              common.null_sets(p, members, len(scope.kds), magnitude))
     return Evidence(
         statistic=f"mean Jaccard overlap of {p.k} nearest KDs in both models" + _center_text(p),
         value=result.observed, effect=result.observed - result.null_mean, ci=ci, p=result.p,
-        n=scope.sizes | {"shared_kds": len(shared), "permutations": p.n_permutations, "bootstrap": p.n_bootstrap},
+        n=scope.sizes | {"shared_kds": len(shared), "permutations": p.n_permutations},
         seed=p.seed,
         null=common.set_null_text(p, len(members), len(scope.kds), _magnitude_text(p) + " in the two models")
         + "; both models kept as they are",

@@ -159,7 +159,7 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
     sims = (stats.cosine_similarity_matrix(x_a), stats.cosine_similarity_matrix(x_b))
     magnitude = lambda: sum(np.argsort(np.argsort(np.linalg.norm(x, axis=1))) for x in (x_a, x_b))  # noqa: E731
     result, ci = common.neighbour_consistency(sims, p.k, members,
-                                              common.null_sets(p, members, len(scope.kds), magnitude), p)
+                                              common.null_sets(p, members, len(scope.kds), magnitude))
     return Evidence(
         statistic=f"mean Jaccard overlap of the {p.k} nearest KDs in {label} in the two models",
         value=result.observed, effect=result.observed - result.null_mean, ci=ci, p=result.p,
