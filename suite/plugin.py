@@ -1,6 +1,6 @@
 """The suite's pytest plugin (loaded through the `pytest11` entry point).
 
-Options: --models, --hypotheses, --report-dir, --device, --cell-orderings, --baseline,
+Options: --models, --hypotheses, --report-dir, --device, --threads, --cell-orderings, --baseline,
 --update-baseline, --cache-dir, --no-cache, --calibrate (with --null-draws, --null-inits).
 conftest.py turns the YAML hypotheses into `test_hypothesis` cases with
 pytest_generate_tests (so fixtures, -k/-m, ids and xdist keep working). Each case's record
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.arc_state import declared_backbone
+from fixtures.device import size_threads
 from fixtures.registry import ModelEntry, load_registry, registry_expectations
 from reports import history
 
@@ -57,6 +58,7 @@ class SuiteState:
     run_id: str = field(default_factory=new_run_id)
     started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     registry: dict[str, ModelEntry] | None = None
+    threads: str = ""              # torch's CPU threads for this process, and why
 
 
 STATE = pytest.StashKey[SuiteState]()
@@ -87,6 +89,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--null-inits", type=int, default=1, metavar="N",
                     help="with --calibrate: re-initialised copies of each model (default: 1)")
     group.addoption("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    group.addoption("--threads", default="auto", metavar="auto|N",
+                    help="torch CPU threads per process; auto: the cores other processes leave free, shared "
+                         "among xdist workers (default: auto)")
     group.addoption("--cell-orderings", type=int, default=8,
                     help="random cell orderings that probes average over for models whose outputs depend on "
                          "cell order (causal attention); a hypothesis's cell_orderings overrides it (default: 8)")
@@ -103,10 +108,19 @@ def pytest_configure(config: pytest.Config) -> None:
                        max(1, config.getoption("--cell-orderings")),
                        _baseline(config), config.getoption("--update-baseline"), _cache_dir(config),
                        _calibration(config))
+    try:
+        state.threads = size_threads(config.getoption("--threads"),
+                                     int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.stash[STATE] = state
     config.pluginmanager.register(RecordKeeper(state), "st-record-keeper")
     for name, check in CHECKS.items():
         config.addinivalue_line("markers", f"{name}: hypotheses using the {name} probe ({check.summary})")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"torch threads: {config.stash[STATE].threads}"
 
 
 def _baseline(config: pytest.Config) -> Baseline | None:
