@@ -89,9 +89,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--null-inits", type=int, default=1, metavar="N",
                     help="with --calibrate: re-initialised copies of each model (default: 1)")
     group.addoption("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    group.addoption("--threads", default="auto", metavar="auto|N",
-                    help="torch CPU threads per process; auto: the cores other processes leave free, shared "
-                         "among xdist workers (default: auto)")
+    group.addoption("--threads", default="torch", metavar="torch|auto|N",
+                    help="torch CPU threads per process; torch: torch's default (every core); auto: the cores "
+                         "other processes leave free, shared among xdist workers (default: torch)")
     group.addoption("--cell-orderings", type=int, default=8,
                     help="random cell orderings that probes average over for models whose outputs depend on "
                          "cell order (causal attention); a hypothesis's cell_orderings overrides it (default: 8)")

@@ -59,9 +59,10 @@ def test_a_busy_core_is_seen_and_left_alone():
         torch.set_num_threads(before)
 
 
-def test_threads_option_takes_a_number_or_auto():
+def test_threads_option_takes_a_number_auto_or_torch():
     before = torch.get_num_threads()
     try:
+        assert size_threads("torch", 4).startswith(f"{before} (torch's default") and torch.get_num_threads() == before
         assert size_threads("1", 4).startswith("1 ") and torch.get_num_threads() == 1
         with pytest.raises(ValueError, match="--threads zero: give a whole number"):
             size_threads("zero", 1)
