@@ -163,6 +163,12 @@ def test_knockout_cross_line(planted):
     assert _close_p(evidence.p, reference, 2000)
 
 
+def _abs_block(w, out, kds, regulators, targets) -> np.ndarray:
+    """[K, R, T] |dY[target]/dX[regulator]| under each KD, from the planted array."""
+    j = out.targeted[[1 + w.kds.index(k) for k in kds]]
+    return np.abs(j[:, [w.genes.index(g) for g in regulators]][:, :, [w.genes.index(g) for g in targets]])
+
+
 def _jacobian_design(evidence):
     d = evidence.details
     return d["pathway_kds"], d["unrelated_kds"], d["regulators"], d["targets"]
@@ -174,8 +180,7 @@ def test_targeted_jacobian(planted):
     evidence = run(CaseFor("targeted_jacobian")(panel, ONE), w.ctx)
     pathway, unrelated, regulators, targets = _jacobian_design(evidence)
     kds = pathway + unrelated
-    block = np.abs(out.targeted[[1 + w.kds.index(k) for k in kds]][:, [w.genes.index(g) for g in regulators]]
-                   [:, :, [w.genes.index(g) for g in targets]]).reshape(len(kds), -1)
+    block = _abs_block(w, out, kds, regulators, targets).reshape(len(kds), -1)
     scores = (block / block.mean(axis=0)).mean(axis=1)
     assert [evidence.details["scores"][k] for k in kds] == pytest.approx(scores.tolist())
     assert evidence.details["raw_ratio"] == pytest.approx(block[:len(pathway)].mean() / block[len(pathway):].mean())
@@ -202,11 +207,8 @@ def test_jacobian_routing_score(planted):
     kds = pathway + unrelated
     null_regulators, null_targets = evidence.details["null_regulators"], evidence.details["null_targets"]
 
-    def mean_abs(regs, tgts):
-        j = out.targeted[[1 + w.kds.index(k) for k in kds]]
-        return np.abs(j[:, [w.genes.index(g) for g in regs]][:, :, [w.genes.index(g) for g in tgts]]).mean(axis=(1, 2))
-
-    scores = mean_abs(regulators, targets) / mean_abs(null_regulators, null_targets)
+    scores = (_abs_block(w, out, kds, regulators, targets).mean(axis=(1, 2))
+              / _abs_block(w, out, kds, null_regulators, null_targets).mean(axis=(1, 2)))
     assert [evidence.details["scores"][k] for k in kds] == pytest.approx(scores.tolist())
     u = mannwhitneyu(scores[:len(pathway)], scores[len(pathway):]).statistic
     assert evidence.value == pytest.approx(u / (len(pathway) * len(unrelated)))

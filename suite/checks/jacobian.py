@@ -275,13 +275,19 @@ def _matched(genes: list[str], exclude: set[str], case: Case, panel: Panel, all_
     return chosen
 
 
+def _pair_values(jac: np.ndarray, regulators: list[str], targets: list[str], design: PanelDesign,
+                 model: LoadedModel, p: JacobianParams) -> np.ndarray:
+    """[K, pairs] each KD's J (|J| for magnitude 'absolute') on the (regulator, target) pairs."""
+    order = list(dict.fromkeys(design.regulators + design.null_regulators))
+    block = jac[:, [order.index(r) for r in regulators]][:, :, [model.gene_names.index(t) for t in targets]]
+    return (np.abs(block) if p.magnitude == "absolute" else block).reshape(len(jac), -1)
+
+
 def _kd_sensitivity(jac: np.ndarray, regulators: list[str], targets: list[str], design: PanelDesign,
                     model: LoadedModel, p: JacobianParams) -> np.ndarray:
     """[K] per KD: mean over the (regulator, target) pairs of its J, each pair scaled by the pair's
     mean |J| over all compared KDs (so no single pair of large sensitivity dominates)."""
-    order = list(dict.fromkeys(design.regulators + design.null_regulators))
-    values = jac[:, [order.index(r) for r in regulators]][:, :, [model.gene_names.index(t) for t in targets]]
-    values = (np.abs(values) if p.magnitude == "absolute" else values).reshape(len(jac), -1)
+    values = _pair_values(jac, regulators, targets, design, model, p)
     scale = np.abs(values).mean(axis=0)
     if not (scale > 0).any():
         raise Inconclusive("every KD gives zero sensitivity on every (regulator, target) pair")
@@ -290,10 +296,8 @@ def _kd_sensitivity(jac: np.ndarray, regulators: list[str], targets: list[str], 
 
 def _mean_sensitivity(jac: np.ndarray, regulators: list[str], targets: list[str], design: PanelDesign,
                       model: LoadedModel, p: JacobianParams) -> np.ndarray:
-    """[K] per KD: its mean J (|J| for magnitude 'absolute') over the (regulator, target) pairs, unscaled."""
-    order = list(dict.fromkeys(design.regulators + design.null_regulators))
-    block = jac[:, [order.index(r) for r in regulators]][:, :, [model.gene_names.index(t) for t in targets]]
-    return (np.abs(block) if p.magnitude == "absolute" else block).reshape(len(jac), -1).mean(axis=1)
+    """[K] per KD: its mean J over the (regulator, target) pairs, unscaled."""
+    return _pair_values(jac, regulators, targets, design, model, p).mean(axis=1)
 
 
 def _routing_scores(jac: np.ndarray, design: PanelDesign, model: LoadedModel, p: RoutingParams) -> np.ndarray:
