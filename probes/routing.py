@@ -26,7 +26,7 @@ import torch
 from torch.func import jacfwd, jvp, vmap
 
 from .forward import decode
-from .jacobian import eager_attention
+from .jacobian import forward_mode_backbone
 
 Progress = Callable[[int, int], None]
 
@@ -41,7 +41,7 @@ def pert_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs: tor
     result = out if out is not None else np.zeros((n_kds, cells.shape[1], hidden), dtype=np.float32)
     directions = torch.eye(hidden, device=cells.device, dtype=cells.dtype)
     cell_reprs = [module.basal_encoder(cells[order.to(cells.device)])[None] for order in orderings]
-    with eager_attention(module, cells, pert_reprs[0]):
+    with forward_mode_backbone(module, cells, pert_reprs[0]):
         for start in range(0, n_kds, kd_chunk):
             block = pert_reprs[start:start + kd_chunk]
             total = sum(_block_jacobian(module, cell_repr, block, directions, direction_chunk)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from probes.forward import forward_sets
-from probes.jacobian import set_jacobian, targeted_jacobians
+from probes.jacobian import forward_mode_backbone, set_jacobian, targeted_jacobians, targeted_jacobians_reference
 from suite.verdicts import Evidence, PassRule, decide
 
 from .helpers import tiny_state_model
@@ -60,6 +60,35 @@ def test_forward_mode_set_jacobian_equals_the_reverse_mode_loop():
     forward = targeted_jacobians(model, cells, rep, [1, 5], "set", IDENTITY)[0]
     reverse = set_jacobian(model, cells, rep[0], [1, 5], list(range(12)))
     assert np.allclose(forward, reverse, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["per_cell", "set"])
+@pytest.mark.parametrize("budget", [1, 3000, None])
+def test_the_batched_pass_equals_the_one_kd_one_ordering_reference(mode, budget):
+    """KDs and orderings batched into one vmapped pass, in blocks of every size from one KD to all
+    of them (budget 1: one KD a pass; 3000 floats: uneven blocks), give the old loop's numbers."""
+    model = tiny_state_model("GPT2", seed=3)
+    cells = torch.rand(8, 12)
+    with torch.no_grad():
+        reprs = model.pert_encoder(torch.eye(5)[[0, 1, 2, 4]])
+    orderings = torch.stack([torch.randperm(8, generator=torch.Generator().manual_seed(s)) for s in range(3)])
+    batched = targeted_jacobians(model, cells, reprs, [2, 9, 11], mode, orderings, budget=budget)
+    reference = targeted_jacobians_reference(model, cells, reprs, [2, 9, 11], mode, orderings)
+    assert batched.shape == (4, 3, 12)
+    assert np.abs(batched).max() > 1e-3
+    np.testing.assert_allclose(batched, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_the_forward_mode_backbone_swaps_gelu_for_the_same_function_and_restores_it():
+    model = tiny_state_model("GPT2", seed=4)
+    act = model.transformer_backbone.h[0].mlp.act
+    cells, rep = torch.rand(8, 12), model.pert_encoder(torch.eye(5)[[1]]).detach()
+    x = torch.linspace(-4, 4, 101)
+    with forward_mode_backbone(model, cells, rep[0]):
+        assert "forward" in vars(act)                                   # the fused kernel is in place
+        fused = act(x)
+    assert "forward" not in vars(act)                                   # and gone afterwards
+    np.testing.assert_allclose(fused.numpy(), act(x).numpy(), atol=1e-6)
 
 
 def test_a_failed_specificity_condition_fails_the_verdict():
