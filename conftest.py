@@ -14,7 +14,7 @@ from suite.calibration import Calibration
 from suite.cases import Case
 from suite.errors import SuiteError
 from suite.keeper import RECORD
-from suite.plugin import STATE, collect_cases, marks_for
+from suite.plugin import STATE, collect_cases, marks_for, terminal_progress
 from suite.runinfo import versions
 from suite.runner import skeleton
 from suite.session import RunContext
@@ -42,7 +42,7 @@ def suite_run(pytestconfig: pytest.Config) -> RunContext:
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     return RunContext(state.registry or load_registry(state.models_path), device, state.cell_orderings,
-                      ArrayCache(state.cache_dir, salt=versions()))
+                      ArrayCache(state.cache_dir, salt=versions()), terminal_progress(pytestconfig))
 
 
 @pytest.fixture(scope="session")

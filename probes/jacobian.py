@@ -16,7 +16,7 @@ tangent is one kernel instead of eight elementwise passes: 1.5x faster Jacobians
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -67,7 +67,7 @@ def _fused_tanh_gelu(x: torch.Tensor) -> torch.Tensor:
 
 def targeted_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs: torch.Tensor,
                        regulators: list[int], mode: str, orderings: torch.Tensor,
-                       budget: int | None = None) -> np.ndarray:
+                       budget: int | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """[K, R, G]: sensitivity of every output gene to input gene regulators[r] under pert_reprs[k],
     averaged over cells and over `orderings` [N, S] of the cell set.
 
@@ -93,6 +93,8 @@ def targeted_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs:
             per_set = _reduce(moved, len(regulators), size, mode)                       # [B*N, R, G]
             total[start:start + len(block)] = (per_set.reshape(len(block), n_orders, len(regulators), n_genes)
                                                .detach().double().mean(dim=1).cpu().numpy())
+            if progress:
+                progress(start + len(block), len(pert_reprs))
     return total
 
 

@@ -11,6 +11,7 @@ the run (reports/history.py) at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from .cases import Case, ModelInfo, expand_all
 from .checks import CHECKS
 from .errors import SuiteError
 from .keeper import RecordKeeper
+from .progress import Progress
 from .runinfo import new_run_id
 from .spec import load_expectations, load_spec_dir
 from .verdicts import CaseResult
@@ -121,6 +123,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"torch threads: {config.stash[STATE].threads}"
+
+
+def terminal_progress(config: pytest.Config) -> Progress | None:
+    """Progress lines for long probe passes, written past pytest's output capture (suite/progress.py);
+    None in xdist workers, whose output never reaches the terminal, and without a terminal reporter."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if hasattr(config, "workerinput") or reporter is None:
+        return None
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(text: str) -> None:
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write(text, flush=True)
+
+    return Progress(write, tty=bool(getattr(reporter, "isatty", False)))
 
 
 def _baseline(config: pytest.Config) -> Baseline | None:

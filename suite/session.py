@@ -30,6 +30,7 @@ from probes.sae import SparseAutoencoder, load_sae
 from . import learnedness
 from .cache import ArrayCache
 from .errors import Inconclusive, ModelLoadError
+from .progress import Progress
 
 T = TypeVar("T")
 
@@ -48,8 +49,9 @@ class RunContext:
     """Lazily loads registry models on one device and memoises probe outputs by key."""
 
     def __init__(self, registry: dict[str, ModelEntry], device: torch.device, cell_orderings: int = 8,
-                 cache: ArrayCache | None = None) -> None:
+                 cache: ArrayCache | None = None, progress: Progress | None = None) -> None:
         self.registry = registry
+        self.progress = progress
         self.device = device
         self.cell_orderings = cell_orderings
         self.cache = cache or ArrayCache(None)
@@ -88,6 +90,10 @@ class RunContext:
             return found
 
         return self.memo((kind, name, *sorted(parts.items())), load)
+
+    def reporter(self, what: str, unit: str) -> Callable[[int, int], None] | None:
+        """A (done, total) callback that shows a long probe pass's progress, or None when nobody watches."""
+        return self.progress.task(what, unit) if self.progress else None
 
     def cache_snapshot(self) -> dict[str, Counter]:
         return {name: Counter(counts) for name, counts in self.cache_counts.items()}
@@ -229,7 +235,9 @@ class RunContext:
                   n_orderings: int) -> np.ndarray:
         genes = [model.gene_names.index(g) for g in regulators]
         return targeted_jacobians(model.module, sample_cells(model.cells, size, seed), pert_reprs(model, kds), genes,
-                                  mode, random_orderings(size, n_orderings, seed))
+                                  mode, random_orderings(size, n_orderings, seed),
+                                  progress=self.reporter(f"targeted Jacobians of {model.name} ({mode}, {len(genes)} "
+                                                         "regulators)", "KDs"))
 
     def knockouts(self, name: str, genes: tuple[str, ...], perturbation: str, size: int, seed: int,
                   n_orderings: int) -> tuple[np.ndarray, tuple[str, ...], str]:
@@ -271,8 +279,11 @@ class RunContext:
             jac_key, gram_key = self.cache.key("pert_jacobians", **parts), self.cache.key("jacobian_gram", **parts)
             self._tally(name, self.cache.has(jac_key) and self.cache.has(gram_key))
             jac = self.cache.filled(jac_key, shape,
-                                    lambda out: pert_jacobians(model.module, cells, reprs, orders, out=out,
-                                                               kd_chunk=kd_chunk(self.device, size, reprs.shape[1])))
+                                    lambda out: pert_jacobians(
+                                        model.module, cells, reprs, orders, out=out,
+                                        kd_chunk=kd_chunk(self.device, size, reprs.shape[1]),
+                                        progress=self.reporter(f"routing Jacobians of {name} ({n_orderings} "
+                                                               f"ordering(s), {size} cells)", "KDs")))
             gram = self.cache.array(gram_key, lambda: streaming_gram(jac))
             return Routing(kds, jac, gram, f"{size} {sampling} control cells, {n_orderings} ordering(s), seed {seed}")
 
