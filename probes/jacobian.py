@@ -81,15 +81,17 @@ def targeted_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs:
     n_orders = len(orderings)
     ordered = torch.stack([cells[order.to(cells.device)] for order in orderings])      # [N, S, G]
     width = max(n_genes, 4 * pert_reprs.shape[1])
-    per_kd = len(tangents) * n_orders * size * width
-    kd_block = max(1, (budget or _budget(cells.device)) // per_kd)
+    per_set = size * width                          # floats one tangent moves through one set, at the widest
+    budget = budget or _budget(cells.device)
+    kd_block = max(1, budget // (len(tangents) * n_orders * per_set))
+    tangent_chunk = max(1, budget // (n_orders * per_set)) if kd_block == 1 else None    # released widths
     total = np.zeros((len(pert_reprs), len(regulators), n_genes))
     with forward_mode_backbone(module, cells, pert_reprs[0]):
         for start in range(0, len(pert_reprs), kd_block):
             block = pert_reprs[start:start + kd_block]                                   # [B, H]
             sets = ordered[None].expand(len(block), -1, -1, -1).reshape(-1, size, n_genes)
             reprs = block[:, None, :].expand(-1, n_orders, -1).reshape(-1, block.shape[1])
-            moved = _output_tangents(module, sets, reprs, tangents)                     # [T, B*N, S, G]
+            moved = _output_tangents(module, sets, reprs, tangents, tangent_chunk)      # [T, B*N, S, G]
             per_set = _reduce(moved, len(regulators), size, mode)                       # [B*N, R, G]
             total[start:start + len(block)] = (per_set.reshape(len(block), n_orders, len(regulators), n_genes)
                                                .detach().double().mean(dim=1).cpu().numpy())
@@ -105,13 +107,13 @@ def _budget(device: torch.device) -> int:
 
 
 def _output_tangents(module: torch.nn.Module, sets: torch.Tensor, pert_reprs: torch.Tensor,
-                     tangents: torch.Tensor) -> torch.Tensor:
+                     tangents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """[T, B, S, G]: the change of every cell's prediction in each of B sets along each input tangent
     [T, S, G] (the same tangent moves every set)."""
     def predict(x: torch.Tensor) -> torch.Tensor:
         return forward_sets(module, x, pert_reprs)
 
-    return vmap(lambda t: jvp(predict, (sets,), (t.expand_as(sets),))[1])(tangents)
+    return vmap(lambda t: jvp(predict, (sets,), (t.expand_as(sets),))[1], chunk_size=chunk)(tangents)
 
 
 def targeted_jacobians_reference(module: torch.nn.Module, cells: torch.Tensor, pert_reprs: torch.Tensor,
