@@ -113,8 +113,12 @@ class RunContext:
 
     def n_orderings(self, name: str, requested: int | None) -> int:
         """How many cell orderings order-sensitive probes average over: 1 unless the audit found
-        that this model's outputs depend on cell order."""
-        return (requested or self.cell_orderings) if self.audit(name).order_sensitive else 1
+        that this model's outputs depend on cell order. A re-initialised copy is probed exactly as
+        the model it is a control for, so it follows that model's audit (an audit of its own costs
+        a pass per copy, and a random-weight copy's order dependence could fall either side of the
+        audit's threshold, leaving the two compared on different numbers of orderings)."""
+        audited = parse_reinitialised(name)[0]
+        return (requested or self.cell_orderings) if self.audit(audited).order_sensitive else 1
 
     def output_shifts(self, name: str, size: int, seed: int, n_orderings: int, sampling: str = "random") -> np.ndarray:
         """Mean output shift of every perturbation on `size` control cells chosen by `sampling`

@@ -141,6 +141,17 @@ def test_demo_audit_reads_the_environment(demo_run):
     assert demo_run.n_orderings("hepg2_fewshot", None) == 8 and demo_run.n_orderings("hepg2_fewshot", 3) == 3
 
 
+def test_a_re_initialised_copy_is_probed_on_its_models_orderings_without_an_audit_of_its_own(demo_run, monkeypatch):
+    from suite.session import reinitialised_name
+
+    copy = reinitialised_name("jurkat_fewshot", 0)
+    audited = []
+    original = demo_run.audit
+    monkeypatch.setattr(demo_run, "audit", lambda name: audited.append(name) or original(name))
+    assert demo_run.n_orderings(copy, None) == 8 and demo_run.n_orderings(copy, 3) == 3
+    assert audited == ["jurkat_fewshot", "jurkat_fewshot"]
+
+
 def test_dimension_mismatch_is_listed(demo_run):
     model = demo_run.model("hepg2_fewshot")
     broken = replace(model, var_dims={**model.var_dims, "pert_dim": 99})

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from probes.forward import forward_sets
-from probes.jacobian import forward_mode_backbone, set_jacobian, targeted_jacobians, targeted_jacobians_reference
+from probes.jacobian import (
+    _one_pass_is_exact,
+    forward_mode_backbone,
+    set_jacobian,
+    targeted_jacobians,
+    targeted_jacobians_reference,
+)
 from suite.verdicts import Evidence, PassRule, decide
 
 from .helpers import tiny_state_model
@@ -77,6 +83,43 @@ def test_the_batched_pass_equals_the_one_kd_one_ordering_reference(mode, budget)
     assert batched.shape == (4, 3, 12)
     assert np.abs(batched).max() > 1e-3
     np.testing.assert_allclose(batched, reference, rtol=1e-5, atol=1e-7)
+
+
+def _diagonal_reference(model, cells, pert_repr, regulators):
+    full = _reference(model, cells, pert_repr)                          # [c, j, d, i]
+    return full[torch.arange(8), :, torch.arange(8), :].mean(0)[:, regulators].T.numpy()
+
+
+def test_a_causal_gpt2_gets_every_cells_own_sensitivity_in_one_pass():
+    model = tiny_state_model("GPT2", seed=5)
+    cells = torch.rand(8, 12)
+    rep = model.pert_encoder(torch.eye(5)[[2]]).detach()
+    with forward_mode_backbone(model, cells, rep[0]):
+        assert _one_pass_is_exact(model, cells, rep[0])
+    ours = targeted_jacobians(model, cells, rep, [0, 6], "per_cell", IDENTITY)[0]
+    np.testing.assert_allclose(ours, _diagonal_reference(model, cells, rep[0], [0, 6]), atol=1e-6)
+
+
+def test_a_gpt2_whose_attention_is_bidirectional_falls_back_to_one_tangent_per_cell(monkeypatch):
+    """arc-state's GPT2BidirectionalModel means to lift the causal mask; where it does, the one-pass
+    shortcut would miss the paths from a cell to the others and back: the probe must notice."""
+    from transformers.models.gpt2 import modeling_gpt2
+
+    model = tiny_state_model("GPT2", seed=5)
+    for block in model.transformer_backbone.h:
+        block.attn.bias.fill_(True)
+        block.attn.c_attn.weight.data *= 4                              # sharper attention: larger cross-cell paths
+    monkeypatch.setattr(modeling_gpt2, "create_causal_mask", lambda **_: None)
+    model.transformer_backbone.config._attn_implementation = "eager"    # SDPA would take a missing mask as causal
+    cells = torch.rand(8, 12)
+    rep = model.pert_encoder(torch.eye(5)[[2]]).detach()
+    moved = cells.clone()
+    moved[7] += 1
+    assert not torch.allclose(forward_sets(model, cells, rep)[0, 0], forward_sets(model, moved, rep)[0, 0])
+    with forward_mode_backbone(model, cells, rep[0]):
+        assert not _one_pass_is_exact(model, cells, rep[0])
+    ours = targeted_jacobians(model, cells, rep, [0, 6], "per_cell", IDENTITY)[0]
+    np.testing.assert_allclose(ours, _diagonal_reference(model, cells, rep[0], [0, 6]), atol=1e-6)
 
 
 def test_the_forward_mode_backbone_swaps_gelu_for_the_same_function_and_restores_it():
