@@ -123,6 +123,7 @@ def _self_tangent_attention(module: torch.nn.Module, query: torch.Tensor, key: t
     return output.transpose(1, 2), weights
 
 
+@torch.no_grad()
 def targeted_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs: torch.Tensor,
                        regulators: list[int], mode: str, orderings: torch.Tensor,
                        budget: int | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -162,6 +163,7 @@ def targeted_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs:
     return total
 
 
+@torch.no_grad()
 def _one_pass_is_exact(module: torch.nn.Module, cells: torch.Tensor, pert_repr: torch.Tensor,
                        tolerance: float = 1e-6) -> bool:
     """Whether the one-pass per-cell sensitivity equals one tangent per cell on these cells, along a
@@ -200,6 +202,7 @@ def _output_tangents(module: torch.nn.Module, sets: torch.Tensor, pert_reprs: to
     return vmap(lambda t: jvp(predict, (sets,), (t.expand_as(sets),))[1], chunk_size=chunk)(tangents)
 
 
+@torch.no_grad()
 def targeted_jacobians_reference(module: torch.nn.Module, cells: torch.Tensor, pert_reprs: torch.Tensor,
                                  regulators: list[int], mode: str, orderings: torch.Tensor) -> np.ndarray:
     """The same numbers one (ordering, KD) pass at a time, with the model's own attention and GELU: the
