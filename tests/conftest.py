@@ -7,6 +7,7 @@ from textwrap import dedent
 
 import pytest
 import torch
+from filelock import FileLock
 
 from fixtures.registry import load_registry
 from suite.session import RunContext
@@ -40,12 +41,17 @@ def demo_run(demo_registry) -> RunContext:
 
 
 @pytest.fixture(scope="session")
-def demo_report(tmp_path_factory) -> Path:
+def demo_report(tmp_path_factory, worker_id) -> Path:
     """The README's first command, run once: every hypothesis on the demo; its run folder
-    (probe outputs cached in demo-run/cache, for the tests that rerun it)."""
-    folder = tmp_path_factory.mktemp("demo-run")
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--report-dir={folder / 'reports'}",
-               f"--cache-dir={folder / 'cache'}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    (probe outputs cached in demo-run/cache, for the tests that rerun it). Under xdist (`make test`)
+    the first worker to ask runs it, in the folder all workers share, and the others wait for it."""
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if worker_id != "master" else shared
+    folder = shared / "demo-run"
+    with FileLock(str(shared / "demo-run.lock")):
+        if not (folder / "reports" / "latest" / "verdicts.json").exists():
+            command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                       f"--report-dir={folder / 'reports'}", f"--cache-dir={folder / 'cache'}"]
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+            assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     return folder / "reports" / "latest"
