@@ -11,6 +11,8 @@ over several orderings of the cell set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -55,19 +57,23 @@ def select_cells(cells: torch.Tensor, size: int, seed: int, sampling: str = "ran
 
 @torch.no_grad()
 def output_shifts(module: torch.nn.Module, onehots: torch.Tensor, control_index: int,
-                  cell_set: torch.Tensor, chunk_size: int = 64, orderings: torch.Tensor | None = None) -> np.ndarray:
+                  cell_set: torch.Tensor, chunk_size: int = 64, orderings: torch.Tensor | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """[n_perts, G] mean predicted shift of each perturbation relative to the control.
 
-    `orderings` [N, S]: average over these orderings of the cell set (default: as given).
+    `orderings` [N, S]: average over these orderings of the cell set (default: as given). `progress`
+    gets (perturbations done, total) summed over the orderings.
     """
     check_supported(module)
     reprs = pert_representations(module, onehots)
     orders = orderings if orderings is not None else torch.arange(cell_set.shape[0])[None]
     total = torch.zeros(reprs.shape[0], cell_set.shape[1], dtype=torch.float64, device=cell_set.device)
-    for order in orders:
+    for n, order in enumerate(orders):
         cells = cell_set[order.to(cell_set.device)]
         for start in range(0, reprs.shape[0], chunk_size):
             block = reprs[start:start + chunk_size]
             total[start:start + chunk_size] += forward_sets(module, cells, block).mean(dim=1).double()
+            if progress:
+                progress(n * len(reprs) + start + len(block), len(orders) * len(reprs))
     mean_y = total / len(orders)
     return (mean_y - mean_y[control_index]).cpu().numpy()

@@ -11,6 +11,7 @@ cell-set axis, so statistics can bootstrap over cells.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,19 +62,23 @@ def cell_sets(cells: torch.Tensor, n_sets: int, size: int, seed: int) -> torch.T
 
 @torch.no_grad()
 def per_set_shifts(module: torch.nn.Module, onehots: torch.Tensor, control_index: int, sets: torch.Tensor,
-                   readout: Readout, orderings: torch.Tensor, chunk_size: int = 64) -> np.ndarray:
+                   readout: Readout, orderings: torch.Tensor, chunk_size: int = 64,
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """[n_sets, n_perts, D]: each set's mean readout under each perturbation minus under the control,
-    averaged over `orderings` [N, S] of the cells within each set."""
+    averaged over `orderings` [N, S] of the cells within each set; `progress` gets (set orderings
+    done, total)."""
     check_supported(module)
     if readout.kind != "output":
         check_layer(module, readout.layer)
     reprs = pert_representations(module, onehots)
     out = []
-    for cells in sets:
+    for i, cells in enumerate(sets):
         total = 0.0
-        for order in orderings:
+        for n, order in enumerate(orderings):
             total = total + torch.cat([_mean_readout(module, cells[order.to(cells.device)], block, readout)
                                        for block in reprs.split(chunk_size)])
+            if progress:
+                progress(i * len(orderings) + n + 1, len(sets) * len(orderings))
         means = (total / len(orderings)).double()
         out.append((means - means[control_index]).cpu().numpy())
     return np.stack(out)

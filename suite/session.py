@@ -129,7 +129,9 @@ class RunContext:
             cells = select_cells(model.cells, size, seed, sampling)
             orders = random_orderings(size, n_orderings, seed)
             return output_shifts(model.module, model.pert_onehots, model.pert_index(model.control_pert), cells,
-                                 orderings=orders)
+                                 orderings=orders,
+                                 progress=self.reporter(f"ΔY of {name} ({n_orderings} ordering(s), {size} {sampling} "
+                                                        "cells)", "perturbation passes"))
 
         return self.stored("output_shifts", name, compute, size=size, seed=seed, orderings=n_orderings,
                            sampling=sampling)
@@ -202,7 +204,9 @@ class RunContext:
             sae = self.sae(name)[0] if kind == "sae" else None
             sets = cell_sets(model.cells, n_sets, size, seed)
             return per_set_shifts(model.module, model.pert_onehots, model.pert_index(model.control_pert), sets,
-                                  Readout(kind, layer, sae), random_orderings(size, n_orderings, seed))
+                                  Readout(kind, layer, sae), random_orderings(size, n_orderings, seed),
+                                  progress=self.reporter(f"{kind} readouts of {name} ({n_sets} cell sets, "
+                                                         f"{n_orderings} ordering(s))", "set orderings"))
 
         return self.stored("representations", name, compute, readout=kind, layer=layer, sets=n_sets, size=size,
                            seed=seed, orderings=n_orderings)

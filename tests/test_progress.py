@@ -3,7 +3,9 @@
 import numpy as np
 import torch
 
+from probes.embeddings import output_shifts
 from probes.jacobian import targeted_jacobians
+from probes.representations import Readout, per_set_shifts
 from suite.progress import Progress, progress_line
 
 from .helpers import tiny_state_model
@@ -58,6 +60,20 @@ def test_the_targeted_jacobian_probe_reports_each_block():
     targeted_jacobians(model, torch.rand(8, 12), reprs, [1], "set", torch.arange(8)[None], budget=1,
                        progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
+def test_the_output_shift_and_readout_probes_report_their_passes():
+    model = tiny_state_model("GPT2")
+    onehots, cells = torch.eye(5), torch.rand(8, 12)
+    orders = torch.stack([torch.arange(8), torch.arange(8).flip(0)])
+    seen = []
+    output_shifts(model, onehots, 0, cells, chunk_size=2, orderings=orders,
+                  progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 10), (4, 10), (5, 10), (7, 10), (9, 10), (10, 10)]     # 3 chunks per ordering
+    seen.clear()
+    per_set_shifts(model, onehots, 0, torch.stack([cells, cells.flip(0), cells]), Readout("output"), orders,
+                   progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(n, 6) for n in range(1, 7)]
 
 
 def test_the_line_reaches_the_terminal_past_output_capture_and_not_the_junit_record(pytester):
