@@ -210,3 +210,26 @@ def test_perturbed_cell_problems_name_the_field(demo_registry, change, message):
     assert message in str(info.value)
     if "control" in message:
         assert "Fix 'perturbed.control_value'" in str(info.value)
+
+
+def test_a_random_weight_model_written_as_a_model_dir_loads_through_the_registry(tmp_path):
+    """bench/shapes.write_model_dir: what the benchmarks point the suite at, loaded as a user's run is."""
+    from bench.shapes import write_model_dir
+    from fixtures.arc_state import load_model
+    from fixtures.registry import load_registry
+    from probes.forward import forward_sets
+
+    from .helpers import tiny_state_model
+
+    module = tiny_state_model("GPT2", genes=12, perts=5, cells=8, seed=7)
+    genes, perts = [f"G{i}" for i in range(12)], ["non-targeting", "KD1", "KD2", "KD3", "KD4"]
+    cells = np.random.default_rng(0).random((20, 12)).astype(np.float32)
+    registry = load_registry(write_model_dir(module, tmp_path / "random_model", genes, perts, cells))
+    loaded = load_model(registry["random_model"], torch.device("cpu"))
+    assert loaded.pert_names == tuple(perts) and loaded.gene_names == tuple(genes)
+    assert loaded.control_pert == "non-targeting" and loaded.cells.shape == (20, 12)
+    onehot = loaded.pert_onehots[[2]]
+    with torch.no_grad():
+        ours = forward_sets(loaded.module, loaded.cells[:8], loaded.module.pert_encoder(onehot))
+        theirs = forward_sets(module, torch.as_tensor(cells[:8]), module.pert_encoder(torch.eye(5)[[2]]))
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6)
