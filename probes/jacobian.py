@@ -34,32 +34,41 @@ from .forward import forward_sets
 
 
 @contextmanager
+def attention_implementation(module: torch.nn.Module, name: str) -> Iterator[str]:
+    """Run the backbone with transformers' attention implementation `name`; yields the configured one."""
+    backbone = module.transformer_backbone
+    config = getattr(getattr(backbone, "base_model", None), "model", backbone).config
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield before
+    finally:
+        config._attn_implementation = before
+
+
+@contextmanager
 def forward_mode_backbone(module: torch.nn.Module, cells: torch.Tensor, pert_repr: torch.Tensor,
                           tolerance: float = 1e-4) -> Iterator[None]:
     """Run the backbone with eager attention and fused tanh-GELUs, if it computes what the configured
     one does on these cells."""
-    backbone = module.transformer_backbone
-    config = getattr(getattr(backbone, "base_model", None), "model", backbone).config
-    before = config._attn_implementation
     with torch.no_grad():
         reference = forward_sets(module, cells, pert_repr[None])
-    config._attn_implementation = "eager"
     swapped = [m for m in module.modules() if type(m).__name__ in _PYTHON_TANH_GELUS]
-    for activation in swapped:
-        activation.forward = _fused_tanh_gelu       # an instance attribute shadows the class's forward
-    try:
-        with torch.no_grad():
-            fast = forward_sets(module, cells, pert_repr[None])
-        gap = float((fast - reference).abs().max())
-        if gap > tolerance * (1 + float(reference.abs().max())):
-            raise ProbeError(f"this model's eager attention and fused GELU differ from its '{before}' attention and "
-                             f"its own GELU (max difference {gap:.2g}), so forward-mode Jacobians would describe "
-                             "another function")
-        yield
-    finally:
-        config._attn_implementation = before
+    with attention_implementation(module, "eager") as before:
         for activation in swapped:
-            del activation.forward
+            activation.forward = _fused_tanh_gelu       # an instance attribute shadows the class's forward
+        try:
+            with torch.no_grad():
+                fast = forward_sets(module, cells, pert_repr[None])
+            gap = float((fast - reference).abs().max())
+            if gap > tolerance * (1 + float(reference.abs().max())):
+                raise ProbeError(f"this model's eager attention and fused GELU differ from its '{before}' attention "
+                                 f"and its own GELU (max difference {gap:.2g}), so forward-mode Jacobians would "
+                                 "describe another function")
+            yield
+        finally:
+            for activation in swapped:
+                del activation.forward
 
 
 # transformers' tanh approximations of GELU written as Python arithmetic (GPT2's "gelu_new")
@@ -205,22 +214,17 @@ def _output_tangents(module: torch.nn.Module, sets: torch.Tensor, pert_reprs: to
 @torch.no_grad()
 def targeted_jacobians_reference(module: torch.nn.Module, cells: torch.Tensor, pert_reprs: torch.Tensor,
                                  regulators: list[int], mode: str, orderings: torch.Tensor) -> np.ndarray:
-    """The same numbers one (ordering, KD) pass at a time, with the model's own attention and GELU: the
-    algorithm before batching, kept as the reference that tests and bench/jacobian_bench.py compare with."""
+    """The same numbers one (ordering, KD) pass at a time, with eager attention and the model's own GELU:
+    the algorithm before batching, kept as the reference that tests and bench/jacobian_bench.py compare with."""
     size = cells.shape[0]
     tangents = _tangents(cells, regulators, mode)
     total = np.zeros((len(pert_reprs), len(regulators), cells.shape[1]))
-    backbone = module.transformer_backbone
-    config = getattr(getattr(backbone, "base_model", None), "model", backbone).config
-    before, config._attn_implementation = config._attn_implementation, "eager"
-    try:
+    with attention_implementation(module, "eager"):
         for order in orderings:
             ordered = cells[order.to(cells.device)]
             for k, pert_repr in enumerate(pert_reprs):
                 moved = _output_tangents(module, ordered[None], pert_repr[None], tangents)[:, 0]
                 total[k] += _reduce(moved[:, None], len(regulators), size, mode)[0].detach().double().cpu().numpy()
-    finally:
-        config._attn_implementation = before
     return total / len(orderings)
 
 
