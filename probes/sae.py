@@ -123,4 +123,7 @@ def _build(tensors: dict, activation: str, k: int | None, apply_b_dec: bool, sou
                              f"{tuple(sae.b_enc.shape)}, b_dec {tuple(sae.b_dec.shape)}, cfg d_in {d_in})")
     if activation == "topk" and not 0 < (k or 0) <= sae.d_sae:
         raise ModelLoadError(f"{source}: TopK k={k} must be between 1 and d_sae={sae.d_sae}")
+    bad = [name for name in ("W_enc", "b_enc", "b_dec") if not bool(torch.isfinite(getattr(sae, name)).all())]
+    if bad:
+        raise ModelLoadError(f"{source}: the SAE's {', '.join(bad)} hold NaN or infinite values; re-export it")
     return sae

@@ -3,11 +3,14 @@
 pytest's --junitxml would also list the suite's own tests and knows nothing of verdicts; this
 file is written from the same records as verdicts.json, with each case's numbers as properties.
 Outcomes follow pytest's own JUnit mapping: an expected fail is <skipped type="pytest.xfail">,
-an inconclusive case is <skipped>, a strict XPASS is a <failure>.
+an inconclusive case is <skipped>, a strict XPASS is a <failure>. Characters XML 1.0 cannot
+hold (control characters in a name from YAML, say) are written as visible \\xNN escapes, so the
+file stays well-formed whatever the names.
 """
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from typing import Any
@@ -24,8 +27,19 @@ def to_junit(run: dict[str, Any], cases: list[dict[str, Any]]) -> str:
                           timestamp=str(run.get("started", "")), hostname=str(run.get("device", "")))
     for case in cases:
         suite.append(_testcase(case))
+    for element in suites.iter():
+        element.attrib = {key: xml_safe(value) for key, value in element.attrib.items()}
+        element.text = xml_safe(element.text) if element.text else element.text
     ET.indent(suites)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` with every character XML 1.0 forbids (and DEL) written as a visible \\xNN escape."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _testcase(case: dict[str, Any]) -> ET.Element:

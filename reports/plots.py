@@ -21,7 +21,9 @@ def histogram_svg(hist: dict | None, width: int = 280, height: int = 80) -> Mark
     """The permutation null as bars, the observed value as a red line, the range underneath."""
     if not hist or not hist.get("counts"):
         return Markup("")
-    counts, edges, observed = hist["counts"], hist["edges"], hist["observed"]
+    counts, edges, observed = hist["counts"], hist["edges"], hist.get("observed")
+    if not all(_finite(v) for v in (*counts, *edges, observed)):     # NaN became None in the record
+        return Markup("")
     low, high = min(edges[0], observed), max(edges[-1], observed)
     to_x = _scale(low, high, 0, width)
     top, plot = max(counts) or 1, height - 26

@@ -62,14 +62,23 @@ def write_run(directory: Path, run: dict[str, Any], cases: list[dict[str, Any]],
 
 
 def to_csv(cases: list[dict[str, Any]]) -> str:
+    """One row per case. A text cell a spreadsheet would run as a formula (starting with =, +, -, @,
+    a tab or a carriage return) gets a leading apostrophe, OWASP's advice; numbers stay numbers."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for case in cases:
         params = case.get("params", {})
         ci = case.get("ci") or [None, None]
-        writer.writerow({**case, "change": (case.get("change") or {}).get("kind"),
+        row = {**case, "change": (case.get("change") or {}).get("kind"),
                          "model": params.get("model") or params.get("model_pair"),
                          "pathway": params.get("pathway"), "ci_low": ci[0], "ci_high": ci[1],
-                         "n": json.dumps(case.get("n", {}), sort_keys=True)})
+                         "n": json.dumps(case.get("n", {}), sort_keys=True)}
+        writer.writerow({key: _inert(value) for key, value in row.items()})
     return buffer.getvalue()
+
+
+def _inert(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import SpecError
+
 if TYPE_CHECKING:
     from .verdicts import CaseResult
 
@@ -42,11 +44,36 @@ class Change:
         return asdict(self)
 
 
+VERDICTS = ("pass", "fail", "inconclusive", "error")
+
+
 def load_baseline(folder: Path) -> Baseline:
-    document = json.loads((Path(folder) / "verdicts.json").read_text())
-    models = document["run"].get("models", {})
-    return Baseline(document["run"]["id"], Path(folder), {c["case_id"]: c for c in document["cases"]},
-                    {name: m.get("fingerprint", "") for name, m in models.items()})
+    """The run record in `folder`, checked as far as comparing with it needs: a corrupt, truncated or
+    foreign verdicts.json is a SpecError naming the file, before any case runs."""
+    path = Path(folder) / "verdicts.json"
+    hint = "point --baseline at a run folder this suite wrote (REPORT_DIR/runs/<run-id>), or run without it"
+    try:
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SpecError(f"not a readable run record ({type(exc).__name__}: {exc})", file=str(path),
+                        hint=hint) from None
+    run = document.get("run") if isinstance(document, dict) else None
+    cases = document.get("cases") if isinstance(document, dict) else None
+    if not isinstance(run, dict) or not isinstance(run.get("id"), str) or not isinstance(cases, list):
+        raise SpecError("not a run record of this suite (needs 'run' with an 'id', and a list of 'cases')",
+                        file=str(path), hint=hint)
+    for i, case in enumerate(cases):
+        if not isinstance(case, dict) or not isinstance(case.get("case_id"), str) \
+                or case.get("verdict") not in VERDICTS:
+            raise SpecError(f"case {i} has no case_id, or a verdict other than {', '.join(VERDICTS)}",
+                            file=str(path), field=f"cases[{i}]", hint=hint)
+    ids = [c["case_id"] for c in cases]
+    if len(set(ids)) != len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise SpecError(f"case ids recorded twice: {', '.join(twice[:5])}", file=str(path), hint=hint)
+    models = run.get("models") if isinstance(run.get("models"), dict) else {}
+    return Baseline(run["id"], Path(folder), {c["case_id"]: c for c in cases},
+                    {str(name): str(m.get("fingerprint", "")) for name, m in models.items() if isinstance(m, dict)})
 
 
 def compare(case: dict[str, Any], old: dict[str, Any] | None, tolerance: dict[str, float]) -> Change:

@@ -5,7 +5,9 @@ The folder is `--cache-dir`, by default pytest's own cache (`.pytest_cache/d/st-
 cleared by `--cache-clear`); `--no-cache` or `-p no:cacheprovider` writes nothing. A cached
 array is only ever seen whole: it is written under a temporary name (unique per process) and
 renamed into place, so workers sharing the folder never read a partial file; two that compute
-the same entry at once write the same bytes, and the last rename wins.
+the same entry at once write the same bytes, and the last rename wins. An entry that cannot be
+read (a damaged disk, a file copied in by hand) is deleted and recomputed, with a CacheWarning
+naming it: a cache may lose work, never give a wrong array or stop a run.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 VERSION = 1     # bump when a probe's numbers change for the same inputs
+
+
+class CacheWarning(UserWarning):
+    """A cache entry could not be read and is being recomputed."""
 
 
 def cache_key(kind: str, **parts: object) -> str:
@@ -44,8 +51,21 @@ class ArrayCache:
         path = self._path(key)
         return path is not None and path.exists()
 
-    def get(self, key: str) -> np.ndarray | None:
-        return np.load(self._path(key), mmap_mode="r") if self.has(key) else None
+    def get(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """The entry, or None when there is none or it cannot be read (or has another shape than `shape`)."""
+        if not self.has(key):
+            return None
+        path = self._path(key)
+        try:
+            found = np.load(path, mmap_mode="r", allow_pickle=False)
+            if not isinstance(found, np.ndarray) or (shape is not None and found.shape != tuple(shape)):
+                raise ValueError(f"holds {getattr(found, 'shape', type(found).__name__)}, expected an array of "
+                                 f"shape {shape}")
+        except (OSError, ValueError, EOFError) as exc:
+            warnings.warn(f"cache entry {path} cannot be used ({exc}); recomputing it", CacheWarning, stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
+        return found
 
     def put(self, key: str, value: np.ndarray) -> None:
         path = self._path(key)
@@ -69,8 +89,9 @@ class ArrayCache:
             out = np.zeros(shape, dtype=np.float32)
             fill(out)
             return out
-        if path.exists():
-            return np.load(path, mmap_mode="r")
+        found = self.get(key, shape)
+        if found is not None:
+            return found
 
         def write(tmp: Path) -> None:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)

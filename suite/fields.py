@@ -8,6 +8,7 @@ A dataclass describes a section of a spec: its field types give the allowed YAML
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -106,8 +107,10 @@ def convert(tp: Any, value: Any, where: Where, parent: Any, key: Any) -> Any:
             raise where.error(f"expected a whole number, got {_kind(value)}", parent, key)
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise where.error(f"expected a number, got {_kind(value)}", parent, key)
+        if not math.isfinite(value):    # .nan passes no threshold and .inf every one: neither tests anything
+            raise where.error(f"expected a finite number, got {value}", parent, key)
         return float(value)
     if tp is str:
         if not isinstance(value, str) or not value.strip():

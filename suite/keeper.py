@@ -1,5 +1,9 @@
 """The run's record keeper: collects each case's record from its test report (also from xdist
-workers) and, at the end of the session, publishes the run (reports/history.py) and says where."""
+workers) and, at the end of the session, publishes the run (reports/history.py) and says where.
+
+A run whose record cannot be written at all (a full disk, a folder that vanished) exits with
+RECORD_LOST, a code of its own beside pytest's 0-5, so that CI can tell a lost run from one whose
+hypotheses failed (exit 1); the terminal says why."""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from .verdicts import CaseResult
 if TYPE_CHECKING:
     from .plugin import SuiteState
 
+RECORD_LOST = 6     # exit code: the cases ran but the run's record could not be written
 PROPERTY = "st_case"
 EXPLORATORY = "st_exploratory"
 RECORD = pytest.StashKey[CaseResult]()
@@ -38,6 +43,7 @@ class RecordKeeper:
         self.records: dict[str, CaseResult] = {}
         self.html: Path | None = None
         self.run: dict[str, Any] = {}
+        self.lost: str | None = None     # why the record could not be written
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any):
@@ -71,6 +77,13 @@ class RecordKeeper:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(session.config, "workerinput") or not self.records:
             return
+        try:
+            self._publish()
+        except Exception as exc:    # noqa: BLE001 - whatever it was, say so and exit with RECORD_LOST
+            self.lost = f"{type(exc).__name__}: {exc}"
+            session.exitstatus = RECORD_LOST
+
+    def _publish(self) -> None:
         from reports.record import write_run
 
         records = list(self.records.values())
@@ -88,8 +101,12 @@ class RecordKeeper:
         cases = [_without_audits(r.to_dict()) for r in records]
         if self.state.calibration is not None:
             run["calibration"] = {**asdict(self.state.calibration), "alpha": ALPHA, "rows": summarize(cases)}
+        try:
+            synthesis = synthesize(cases)
+        except Exception as exc:    # noqa: BLE001 - the cases' record matters more than the grid drawn from them
+            synthesis, run["synthesis_error"] = None, f"{type(exc).__name__}: {exc}"
         folder = history.publish(self.state.report_dir, self.state.run_id,
-                                 lambda out: write_run(out, run, cases, synthesize(cases)))
+                                 lambda out: write_run(out, run, cases, synthesis))
         if self.state.update_baseline:
             history.promote(self.state.report_dir, folder)
         self.html = folder / "verdict.html"
@@ -103,6 +120,12 @@ class RecordKeeper:
             return {}
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.lost is not None:
+            terminalreporter.write_sep("!", "run record NOT written", red=True)
+            terminalreporter.write_line(f"{len(self.records)} case(s) ran but no record of them was kept under "
+                                        f"{self.state.report_dir}: {self.lost}")
+            terminalreporter.write_line(f"exit code {RECORD_LOST}: fix the cause above and run again")
+            return
         if self.html is None:
             return
         terminalreporter.write_sep("-", "verdict report")

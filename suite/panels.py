@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import fields
 from .errors import SpecError
-from .yamlio import read_yaml
+from .yamlio import read_text, read_yaml
 
 SCHEMA_VERSION = 1
 
@@ -83,6 +83,7 @@ def _read_yaml(path: Path) -> list[Panel]:
     panels = []
     for name, body in pathways.items():
         entry = fields.build(_PanelEntry, body, where.child(f"pathways.{name}"), pathways, name)
+        _refuse_repeats(entry, body, where.child(f"pathways.{name}"))
         kds = entry.kds or entry.genes
         if not kds:
             raise where.error(f"pathway '{name}' lists neither 'kds' nor 'genes'", pathways, name)
@@ -92,19 +93,34 @@ def _read_yaml(path: Path) -> list[Panel]:
     return panels
 
 
+def _refuse_repeats(entry: _PanelEntry, body: dict, where: fields.Where) -> None:
+    """A member listed twice would count twice: two distinct KDs written four times each would pass
+    a `min_members: 3` test as eight."""
+    for name in ("kds", "genes", "regulators", "targets", "unrelated_kds"):
+        repeated = _repeated(getattr(entry, name))
+        if repeated:
+            raise where.error(f"lists {', '.join(repeated)} more than once", body, name,
+                              hint="list each member once")
+
+
+def _repeated(names: tuple[str, ...]) -> list[str]:
+    seen: set[str] = set()
+    return list(dict.fromkeys(n for n in names if n in seen or seen.add(n)))
+
+
 def _read_gmt(path: Path) -> list[Panel]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise SpecError(f"cannot read GMT file: {exc}", file=str(path)) from None
+    lines = read_text(path).splitlines()
     panels = []
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith("#"):
             continue
         cells = [c.strip() for c in line.split("\t")]
-        genes = tuple(dict.fromkeys(c for c in cells[2:] if c))
+        genes = tuple(c for c in cells[2:] if c)
         if len(cells) < 3 or not cells[0] or not genes:
             raise SpecError("a GMT line needs: name <TAB> description <TAB> gene <TAB> gene ...",
                             file=str(path), line=number, hint="separate columns with tabs, not spaces")
+        if _repeated(genes):
+            raise SpecError(f"set '{cells[0]}' lists {', '.join(_repeated(genes))} more than once", file=str(path),
+                            line=number, hint="list each gene once (a repeated member would count twice)")
         panels.append(Panel(cells[0], genes, genes, description=cells[1], file=str(path), line=number))
     return panels

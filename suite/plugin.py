@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.arc_state import declared_backbone
-from fixtures.device import size_threads
+from fixtures.device import resolve_device, size_threads
 from fixtures.registry import ModelEntry, load_registry, registry_expectations
 from reports import history
 
@@ -107,10 +107,11 @@ def pytest_configure(config: pytest.Config) -> None:
     _refuse_unwritable(Path(config.getoption("--report-dir")))
     state = SuiteState(Path(config.getoption("--models")), Path(config.getoption("--hypotheses")),
                        Path(config.getoption("--report-dir")), config.getoption("--device"),
-                       max(1, config.getoption("--cell-orderings")),
+                       _cell_orderings(config),
                        _baseline(config), config.getoption("--update-baseline"), _cache_dir(config),
                        _calibration(config))
     try:
+        resolve_device(state.device_choice)      # a device that is not there: say so now, not at the first case
         state.threads = size_threads(config.getoption("--threads"),
                                      int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     except ValueError as exc:
@@ -119,6 +120,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(RecordKeeper(state), "st-record-keeper")
     for name, check in CHECKS.items():
         config.addinivalue_line("markers", f"{name}: hypotheses using the {name} probe ({check.summary})")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed hypothesis or a regression reads as its claim and numbers, not as a traceback
+    through this plugin: the message already says everything the code around it would."""
+    report = yield
+    if report.failed and call.excinfo is not None and isinstance(call.excinfo.value, (HypothesisFailed, Regression)):
+        report.longrepr = str(call.excinfo.value)
+    return report
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -146,8 +157,16 @@ def _baseline(config: pytest.Config) -> Baseline | None:
         return None
     try:
         return load_baseline(history.resolve(Path(config.getoption("--report-dir")), which))
-    except FileNotFoundError as exc:
-        raise pytest.UsageError(str(exc)) from None
+    except (FileNotFoundError, SuiteError) as exc:
+        raise pytest.UsageError(f"--baseline {which}: {exc}" if isinstance(exc, SuiteError) else str(exc)) from None
+
+
+def _cell_orderings(config: pytest.Config) -> int:
+    value = config.getoption("--cell-orderings")
+    if not 1 <= value <= 1000:
+        raise pytest.UsageError(f"--cell-orderings {value}: give a number of orderings from 1 to 1000 (1: cell "
+                                "order as stored; the default 8 averages order-sensitive models over 8)")
+    return value
 
 
 def _calibration(config: pytest.Config) -> Calibration | None:
@@ -175,6 +194,14 @@ def _refuse_unwritable(report_dir: Path) -> None:
         raise pytest.UsageError(f"--report-dir {report_dir}: cannot write there ({existing} is "
                                 f"{'not a folder' if not existing.is_dir() else 'not writable'}); point --report-dir "
                                 "at a folder this user can write")
+    for part in ("runs", "latest", "baseline"):     # what reports/history.py writes there
+        path = report_dir / part
+        clash = path.exists() and not path.is_dir() if part == "runs" else \
+            (path.exists() or path.is_symlink()) and not path.is_symlink() and not path.is_dir()
+        if clash:
+            raise pytest.UsageError(f"--report-dir {report_dir}: {path} is a file, where the suite keeps "
+                                    f"{'its runs' if part == 'runs' else f'the {part} pointer'}; move it away or "
+                                    "choose another --report-dir")
 
 
 def _refuse_misread_paths(config: pytest.Config) -> None:

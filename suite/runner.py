@@ -45,8 +45,10 @@ def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> C
 
 
 def _audits(case: Case, ctx: RunContext) -> dict[str, dict]:
-    """What each model of the case computes, and how many of its KDs it learned (observed cells)."""
-    return {name: ctx.audit(name).to_dict() | {"learnedness": _learnedness(ctx, name)} for name in case.models}
+    """What each model of the case computes, how many of its KDs it learned (observed cells), and
+    which genes and cell matrix it was fed."""
+    return {name: ctx.audit(name).to_dict() | {"learnedness": _learnedness(ctx, name),
+                                               "inputs": ctx.model(name).inputs} for name in case.models}
 
 
 def _learnedness(ctx: RunContext, name: str) -> dict:

@@ -29,7 +29,7 @@ from probes.sae import SparseAutoencoder, load_sae
 
 from . import learnedness
 from .cache import ArrayCache
-from .errors import Inconclusive, ModelLoadError
+from .errors import Inconclusive, ModelLoadError, ProbeError
 from .progress import Progress
 
 T = TypeVar("T")
@@ -85,9 +85,9 @@ class RunContext:
             found = self.cache.get(key)
             self._tally(name, found is not None)
             if found is None:
-                found = compute()
+                found = require_finite(compute(), kind, name)
                 self.cache.put(key, found)
-            return found
+            return require_finite(found, kind, name)
 
         return self.memo((kind, name, *sorted(parts.items())), load)
 
@@ -242,10 +242,11 @@ class RunContext:
     def _targeted(self, model: LoadedModel, kds: list[str], regulators: list[str], mode: str, size: int, seed: int,
                   n_orderings: int) -> np.ndarray:
         genes = [model.gene_names.index(g) for g in regulators]
-        return targeted_jacobians(model.module, sample_cells(model.cells, size, seed), pert_reprs(model, kds), genes,
-                                  mode, random_orderings(size, n_orderings, seed),
-                                  progress=self.reporter(f"targeted Jacobians of {model.name} ({mode}, {len(genes)} "
-                                                         "regulators)", "KDs"))
+        block = targeted_jacobians(model.module, sample_cells(model.cells, size, seed), pert_reprs(model, kds), genes,
+                                   mode, random_orderings(size, n_orderings, seed),
+                                   progress=self.reporter(f"targeted Jacobians of {model.name} ({mode}, {len(genes)} "
+                                                          "regulators)", "KDs"))
+        return require_finite(block, "targeted Jacobians", model.name)
 
     def knockouts(self, name: str, genes: tuple[str, ...], perturbation: str, size: int, seed: int,
                   n_orderings: int) -> tuple[np.ndarray, tuple[str, ...], str]:
@@ -292,7 +293,8 @@ class RunContext:
                                         kd_chunk=kd_chunk(self.device, size, reprs.shape[1]),
                                         progress=self.reporter(f"routing Jacobians of {name} ({n_orderings} "
                                                                f"ordering(s), {size} cells)", "KDs")))
-            gram = self.cache.array(gram_key, lambda: streaming_gram(jac))
+            # a non-finite Jacobian entry makes its KD's squared norm, a diagonal of the Gram, non-finite
+            gram = require_finite(self.cache.array(gram_key, lambda: streaming_gram(jac)), "routing Jacobians", name)
             return Routing(kds, jac, gram, f"{size} {sampling} control cells, {n_orderings} ordering(s), seed {seed}")
 
         return self.memo(("routing", name, size, seed, sampling, n_orderings), compute)
@@ -301,7 +303,8 @@ class RunContext:
         """[K, H, P] d pert_repr / d onehot for every KD (rows as in `routing`)."""
         model = self.model(name)
         onehots = model.pert_onehots[[model.pert_index(k) for k in model.kd_names]]
-        return self.memo(("encoder_jacobians", name), lambda: encoder_jacobians(model.module, onehots))
+        return self.memo(("encoder_jacobians", name),
+                         lambda: require_finite(encoder_jacobians(model.module, onehots), "encoder Jacobians", name))
 
 
 def _untrained(model: LoadedModel) -> np.ndarray | None:
@@ -318,7 +321,24 @@ def _untrained(model: LoadedModel) -> np.ndarray | None:
 def pert_reprs(model: LoadedModel, names: Sequence[str]) -> torch.Tensor:
     """[len(names), H] pert_encoder outputs of these perturbations."""
     with torch.no_grad():
-        return model.module.pert_encoder(model.pert_onehots[[model.pert_index(k) for k in names]])
+        reprs = model.module.pert_encoder(model.pert_onehots[[model.pert_index(k) for k in names]])
+    return require_finite(reprs, "pert_encoder outputs", model.name)
+
+
+A = TypeVar("A", np.ndarray, torch.Tensor)
+
+
+def require_finite(values: A, what: str, model: str) -> A:
+    """`values`, or a ProbeError naming the model and the probe output that holds NaN or inf: a
+    non-finite number compares false with every threshold and would otherwise read as a fail."""
+    bad = int((~torch.isfinite(values)).sum()) if isinstance(values, torch.Tensor) \
+        else int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        total = values.numel() if isinstance(values, torch.Tensor) else values.size
+        raise ProbeError(f"model '{model}': {bad} of {total} values of its {what.replace('_', ' ')} are NaN or "
+                         "infinite. Check the model's weights and the scale of its cells (the registry's "
+                         "'cells:' file) before trusting any verdict.")
+    return values
 
 
 LEARNEDNESS_SETS, LEARNEDNESS_SEED = 8, 0   # control-cell sets the screen's predictions average over

@@ -103,8 +103,8 @@ def load_spec_dir(directory: Path) -> list[HypothesisSpec]:
     """Every hypothesis in the top-level *.yaml files of `directory`, sorted by id."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise SpecError("hypotheses folder not found", file=str(directory),
-                        hint="pass --hypotheses DIR pointing at a folder of hypothesis YAML files")
+        raise SpecError("is a file, not a folder" if directory.exists() else "hypotheses folder not found",
+                        file=str(directory), hint="pass --hypotheses DIR pointing at a folder of hypothesis YAML files")
     specs: dict[str, HypothesisSpec] = {}
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         for spec in load_spec_file(path):

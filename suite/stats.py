@@ -230,8 +230,9 @@ def set_permutation_test(statistic: SetStatistic, members: Sequence[int], null_s
 
 
 def bootstrap_ci(statistic: SetStatistic, members: Sequence[int], rng: np.random.Generator,
-                 n_boot: int = 1000, level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of statistic(resampled members), resampling members with replacement.
+                 n_boot: int = 1000, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile CI of statistic(resampled members), resampling members with replacement; None when
+    no resample gives a value (n_boot 0, as calibration's null runs ask, or one distinct member).
 
     Resamples with fewer than two distinct members are skipped (a pairwise statistic
     is undefined on them).
@@ -243,7 +244,7 @@ def bootstrap_ci(statistic: SetStatistic, members: Sequence[int], rng: np.random
         if len(np.unique(sample)) >= 2:
             values.append(statistic(sample))
     if not values:
-        return (float("nan"), float("nan"))
+        return None
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return (float(low), float(high))

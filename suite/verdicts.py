@@ -12,6 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import ProbeError
+
 
 @dataclass(frozen=True)
 class PassRule:
@@ -83,7 +85,9 @@ class CaseResult:
 
 
 def decide(evidence: Evidence, rule: PassRule) -> tuple[str, str]:
-    """(verdict, reason): pass only if every condition of the rule holds."""
+    """(verdict, reason): pass only if every condition of the rule holds. A NaN or infinite number
+    is no verdict (it compares false with every threshold, so it would read as a fail): ProbeError."""
+    _require_finite(evidence)
     checks = []
     if rule.p_below is not None:
         checks.append((evidence.p is not None and evidence.p < rule.p_below,
@@ -102,6 +106,16 @@ def decide(evidence: Evidence, rule: PassRule) -> tuple[str, str]:
     checks.extend(evidence.conditions)
     verdict = "pass" if all(ok for ok, _ in checks) else "fail"
     return verdict, "; ".join(text for _, text in checks)
+
+
+def _require_finite(evidence: Evidence) -> None:
+    numbers = {"statistic": evidence.value, "effect": evidence.effect, "p": evidence.p,
+               **({"CI low": evidence.ci[0], "CI high": evidence.ci[1]} if evidence.ci else {})}
+    bad = [f"{name} = {value}" for name, value in numbers.items()
+           if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value))]
+    if bad:
+        raise ProbeError(f"non-finite numbers where a verdict needs finite ones ({', '.join(bad)}; statistic: "
+                         f"{evidence.statistic}); a probe output or the cells hold extreme values. No verdict given.")
 
 
 def threshold_of(rule: PassRule) -> dict[str, float]:

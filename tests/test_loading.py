@@ -107,7 +107,7 @@ def test_missing_files_name_what_to_do(model_copy, tmp_path):
 
 def test_gene_file_of_the_wrong_length_is_an_error(model_copy, tmp_path):
     genes = tmp_path / "genes.txt"
-    genes.write_text("\n".join(["RPL3"] * 199))
+    genes.write_text("\n".join(f"G{i}" for i in range(199)))
     with pytest.raises(ModelLoadError, match="lists 199 genes but the model has 200 inputs"):
         load_model(replace(model_copy, genes_path=genes), CPU)
 

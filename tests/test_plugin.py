@@ -1,6 +1,7 @@
 """The pytest integration, run as a user runs it: `pytest` in a subprocess on the demo models."""
 
 import json
+import re
 import subprocess
 import sys
 from textwrap import dedent
@@ -43,6 +44,12 @@ hypotheses:
     expected:
       - where: {{pathway: ribosome}}
         verdict: fail
+  - id: impossible
+    claim: Ribosome KDs sit ten times closer than background.
+    probe: pert_embedding_coherence
+    axes: {{model: [hepg2_fewshot], pathway: [ribosome]}}
+    params: {{n_permutations: 199, n_bootstrap: 199}}
+    pass_rule: {{statistic_above: 10}}
   - id: explore
     claim: A case with no known answer.
     probe: pert_embedding_coherence
@@ -85,6 +92,16 @@ def test_cases_have_readable_ids_and_verdicts_map_to_outcomes(demo_run_result):
     assert "RPS3X (did you mean RPS3" in out
 
 
+def test_a_failed_hypothesis_reads_as_its_claim_and_numbers_not_a_traceback(demo_run_result):
+    out = demo_run_result[0].stdout
+    assert "test_hypothesis[impossible-hepg2_fewshot-ribosome] FAILED" in out
+    section = re.split(r"\n[-_=]{5,}", out.split("test_hypothesis[impossible-hepg2_fewshot-ribosome] _")[1])[0]
+    assert "impossible-hepg2_fewshot-ribosome: verdict fail" in section
+    assert "claim: Ribosome KDs sit ten times closer than background." in section
+    assert "95% CI" in section and "p = " in section
+    assert "def enforce" not in section and "suite/plugin.py" not in section and "raise " not in section
+
+
 def test_run_record_is_written_with_the_contract_fields(demo_run_result):
     _, report = demo_run_result
     assert {p.name for p in report.iterdir()} >= {"verdict.html", "verdicts.json", "verdicts.csv"}
@@ -100,7 +117,11 @@ def test_run_record_is_written_with_the_contract_fields(demo_run_result):
     cases = {c["case_id"]: c for c in document["cases"]}
     assert set(cases) == {"coh-hepg2_fewshot-ribosome", "coh-hepg2_fewshot-mixed", "coh-hepg2_fewshot-tiny",
                           "coh-hepg2_fewshot-typo", "flip-hepg2_fewshot-ribosome", "rep-hepg2_fewshot-ribosome",
-                          "explore-hepg2_fewshot-mixed"}
+                          "explore-hepg2_fewshot-mixed", "impossible-hepg2_fewshot-ribosome"}
+    # which genes and which matrix the model was fed, and how its columns were matched
+    assert audit["inputs"] == {"gene_source": "var_dims.pkl gene_names",
+                               "cells": str(ROOT / "fixtures/demo/cells/hepg2.h5ad"), "matrix": "X",
+                               "columns_matched": "by name"}
     explore = cases["explore-hepg2_fewshot-mixed"]
     assert (explore["verdict"], explore["expected"], explore["outcome"]) == ("fail", "exploratory", "exploratory")
     rep = cases["rep-hepg2_fewshot-ribosome"]
@@ -145,7 +166,8 @@ def test_junit_xml_of_the_same_run_maps_verdicts_like_pytest(demo_run_result):
     assert cases["coh-hepg2_fewshot-mixed"].find("skipped").get("type") == "pytest.xfail"
     assert cases["coh-hepg2_fewshot-tiny"].find("skipped").get("type") == "pytest.skip"
     assert outcome["explore-hepg2_fewshot-mixed"] == []
-    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("7", "1", "1")
+    assert outcome["impossible-hepg2_fewshot-ribosome"] == ["failure"]
+    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("8", "1", "2")
     ribo = {p.get("name"): p.get("value") for p in cases["coh-hepg2_fewshot-ribosome"].iter("property")}
     assert ribo["verdict"] == "pass" and float(ribo["q"]) == pytest.approx(
         next(c["q"] for c in record["cases"] if c["case_id"] == "coh-hepg2_fewshot-ribosome"))

@@ -46,7 +46,7 @@ class NullParams:
     LIMITS = {"stratum_size": (2, 100_000), "n_permutations": (99, 1_000_000), "n_bootstrap": (99, 1_000_000),
               "min_members": (2, 100_000), "cell_set_size": (2, 1_000_000), "k": (1, 1000),
               "cell_orderings": (1, 10_000), "n_cell_sets": (2, 10_000), "n_clusters": (2, 10_000),
-              "layer": (0, 10_000)}
+              "layer": (0, 10_000), "seed": (0, 2 ** 32 - 1)}
 
 
 @dataclass(frozen=True)

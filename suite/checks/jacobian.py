@@ -58,7 +58,7 @@ class JacobianParams:
 
     LIMITS = {"n_unrelated": (2, 100_000), "specificity_alpha": (0.0, 1.0), "cell_set_size": (2, 1_000_000),
               "cell_orderings": (1, 10_000), "min_members": (2, 100_000),
-              "n_permutations": (99, 1_000_000)}
+              "n_permutations": (99, 1_000_000), "seed": (0, 2 ** 32 - 1)}
 
 
 @dataclass(frozen=True)
