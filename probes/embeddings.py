@@ -16,6 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from suite.errors import Inconclusive
+
 from .forward import check_supported, forward_sets, pert_representations
 
 
@@ -25,10 +27,16 @@ def pert_embeddings(module: torch.nn.Module, onehots: torch.Tensor) -> np.ndarra
     return pert_representations(module, onehots).double().cpu().numpy()
 
 
+def _enough_cells(cells: torch.Tensor, size: int) -> None:
+    """A hypothesis may ask for more cells than a registry's file has: that test cannot be run as asked."""
+    if size > cells.shape[0]:
+        raise Inconclusive(f"asked for {size} control cells but the model's cells file has {cells.shape[0]}; "
+                           f"set 'cell_set_size' to at most {cells.shape[0]} or supply more control cells")
+
+
 def sample_cells(cells: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     """`size` control cells drawn without replacement with a seeded generator."""
-    if size > cells.shape[0]:
-        raise ValueError(f"asked for {size} cells but only {cells.shape[0]} control cells are available")
+    _enough_cells(cells, size)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(cells.shape[0], generator=generator)[:size]
     return cells[order.to(cells.device)]
@@ -43,8 +51,7 @@ def select_cells(cells: torch.Tensor, size: int, seed: int, sampling: str = "ran
     cells of largest total expression)."""
     if sampling == "random":
         return sample_cells(cells, size, seed)
-    if size > cells.shape[0]:
-        raise ValueError(f"asked for {size} cells but only {cells.shape[0]} control cells are available")
+    _enough_cells(cells, size)
     by_total = torch.argsort(cells.sum(dim=1).cpu(), descending=True)
     if sampling == "top_magnitude":
         return cells[by_total[:size].to(cells.device)]

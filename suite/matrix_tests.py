@@ -26,6 +26,7 @@ from itertools import combinations
 import numpy as np
 from scipy.stats import norm, rankdata
 
+from .errors import Inconclusive
 from .stats import exact_p
 
 
@@ -50,8 +51,9 @@ def _standardized(m: np.ndarray, upper: tuple[np.ndarray, np.ndarray]) -> np.nda
     """m with its off-diagonal entries z-scored (diagonal 0), so a permuted copy keeps mean 0, sd 1."""
     values = m[upper]
     sd = values.std()
-    if sd == 0:
-        raise ValueError("a similarity matrix with constant off-diagonal entries has no correlation")
+    if not sd > 0:
+        raise Inconclusive("a similarity matrix has constant off-diagonal entries (every KD pair alike), so its "
+                           "correlation with another is undefined; the model may not separate these KDs at all")
     out = np.zeros_like(m, dtype=np.float64)
     out[upper] = (values - values.mean()) / sd
     return out + out.T

@@ -28,6 +28,7 @@ import torch
 
 from fixtures.arc_state import load_model
 from fixtures.registry import load_registry
+from probes.embeddings import sample_cells, select_cells
 from probes.knockout import load_knockout_matrix
 from probes.sae import load_sae
 from reports.junit import to_junit
@@ -45,6 +46,7 @@ from suite.errors import (
     UnsafeCheckpointError,
 )
 from suite.keeper import RECORD_LOST, RecordKeeper
+from suite.matrix_tests import mantel
 from suite.panels import Panel, load_panels
 from suite.session import RunContext
 from suite.spec import load_spec_dir, load_spec_file
@@ -452,6 +454,14 @@ CATALOGUE += [
             ("non-finite numbers", "statistic = nan", "No verdict given")),
     Mistake("inf-ci", _decide(ci=(0.1, float("inf"))), ProbeError, ("CI high = inf",)),
     Mistake("nan-p", _decide(p=float("nan")), ProbeError, ("p = nan",)),
+    # tests that cannot be run as asked are inconclusive with the reason, not raw errors
+    Mistake("more-cells-than-the-file-has", lambda tmp: lambda: sample_cells(torch.zeros(10, 4), 32, 0), Inconclusive,
+            ("asked for 32 control cells but the model's cells file has 10", "'cell_set_size' to at most 10")),
+    Mistake("more-cells-than-the-file-has-stratified",
+            lambda tmp: lambda: select_cells(torch.zeros(10, 4), 16, 0, "stratified"), Inconclusive,
+            ("asked for 16 control cells",)),
+    Mistake("constant-similarity-matrix", lambda tmp: lambda: mantel(np.ones((6, 6)), np.eye(6) + 0.1 * np.arange(
+        36).reshape(6, 6), 99, np.random.default_rng(0)), Inconclusive, ("constant off-diagonal entries",)),
     # baselines: corrupt, truncated, foreign
     Mistake("baseline-not-json", _baseline("{not json"), SpecError,
             ("{tmp}/run/verdicts.json", "not a readable run record", "point --baseline at a run folder")),
