@@ -179,4 +179,22 @@ def test_a_re_initialised_model_does_not_pass_a_whole_model_routing_check(write,
     assert evidence.p < 0.05 and evidence.effect > 0, reason                    # the rule without selectivity ...
     assert probe != "routing_output_correlation" or evidence.value > 0.3, reason  # ... holds
     assert verdict == "fail" and "selectivity" in reason and evidence.details["selectivity"]["margin"] <= 0, reason
-    assert len(evidence.details["selectivity"]["reinitialised"]) == 2
+    copies = evidence.details["selectivity"]["reinitialised"]
+    assert 1 <= len(copies) <= 2 and copies[-1] >= round(evidence.value, 4)     # stopped at the copy that matched
+    assert all(c < round(evidence.value, 4) for c in copies[:-1])
+
+
+def test_copies_are_drawn_until_one_matches_the_trained_model():
+    from suite.checks.routing import copies_until_matched
+
+    drawn = []
+
+    def copies(values):
+        for v in values:
+            drawn.append(v)
+            yield v
+
+    assert copies_until_matched(0.6, copies([0.5, 0.9, 0.1])) == [0.5, 0.9] and drawn == [0.5, 0.9]
+    assert copies_until_matched(1.0, copies([0.5, 0.9, 0.1])) == [0.5, 0.9, 0.1]   # a pass sees every copy
+    assert copies_until_matched(0.6, [0.6, 0.1]) == [0.6]                              # a tie is no win
+    assert copies_until_matched(0.6, [float("nan"), 0.1])[0] != 0.1                    # undefined stops too
