@@ -41,13 +41,16 @@ def load_knockout_matrix(path: Path, genes_path: Path, model_genes: tuple[str, .
     """A precomputed [n_genes, G] KO matrix and its row genes, checked against the model's genes."""
     try:
         matrix = np.load(path, allow_pickle=False)
-        genes = [g.strip() for g in Path(genes_path).read_text(encoding="utf-8").splitlines() if g.strip()]
+        genes = [g.strip() for g in Path(genes_path).read_text(encoding="utf-8-sig").splitlines() if g.strip()]
     except (OSError, ValueError) as exc:     # UnicodeDecodeError is a ValueError
         raise ModelLoadError(f"{path}: cannot read the precomputed KO matrix or its gene list: {exc}") from None
     repeated = sorted({g for g in genes if genes.count(g) > 1})
     if repeated:
         raise ModelLoadError(f"{genes_path}: lists {', '.join(repeated[:5])} more than once; list each knocked-out "
                              "gene once, one row of the KO matrix each")
+    if not isinstance(matrix, np.ndarray) or matrix.dtype.kind not in "biuf":
+        raise ModelLoadError(f"{path}: the KO matrix must be one real-valued .npy array (np.save), not "
+                             f"{getattr(matrix, 'dtype', type(matrix).__name__)}")
     if matrix.ndim != 2 or matrix.shape != (len(genes), len(model_genes)):
         raise ModelLoadError(f"{path}: the KO matrix has shape {matrix.shape}, but {genes_path} lists {len(genes)} "
                              f"genes and the model predicts {len(model_genes)}: it must be [{len(genes)}, "

@@ -58,10 +58,18 @@ class SparseAutoencoder:
 def load_sae(path: Path, activation: str | None = None, k: int | None = None) -> SparseAutoencoder:
     """A SAELens folder or a .pt state dict; every problem is a ModelLoadError saying what to do."""
     path = Path(path)
-    if path.is_dir():
-        return _load_saelens(path)
-    if path.is_file():
-        return _load_state_dict(path, activation, k)
+    try:
+        if path.is_dir():
+            return _load_saelens(path)
+        if path.is_file():
+            return _load_state_dict(path, activation, k)
+    except ModelLoadError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        # a cfg.json or state dict of a shape no check foresaw (topk without k, numpy arrays, 1-D W_enc)
+        raise ModelLoadError(f"{path}: not an SAE this suite can read ({type(exc).__name__}: {exc}). Export it as "
+                             "a SAELens folder (cfg.json + sae_weights.safetensors) or a state dict of tensors "
+                             "W_enc [d_in, d_sae], b_enc [d_sae], b_dec [d_in].") from None
     raise ModelLoadError(f"{path}: SAE not found. Point 'sae.path' at a SAELens folder (cfg.json + "
                          "sae_weights.safetensors) or a .pt state dict.")
 

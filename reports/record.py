@@ -73,7 +73,7 @@ def to_csv(cases: list[dict[str, Any]]) -> str:
         row = {**case, "change": (case.get("change") or {}).get("kind"),
                          "model": params.get("model") or params.get("model_pair"),
                          "pathway": params.get("pathway"), "ci_low": ci[0], "ci_high": ci[1],
-                         "n": json.dumps(case.get("n", {}), sort_keys=True)}
+                         "n": json.dumps(case.get("n", {}), sort_keys=True, default=str)}
         writer.writerow({key: _inert(value) for key, value in row.items()})
     return buffer.getvalue()
 

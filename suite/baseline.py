@@ -54,7 +54,7 @@ def load_baseline(folder: Path) -> Baseline:
     hint = "point --baseline at a run folder this suite wrote (REPORT_DIR/runs/<run-id>), or run without it"
     try:
         document = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SpecError(f"not a readable run record ({type(exc).__name__}: {exc})", file=str(path),
                         hint=hint) from None
     run = document.get("run") if isinstance(document, dict) else None

@@ -80,6 +80,9 @@ def _axis_values(spec: HypothesisSpec, axis: str, models: list[ModelInfo]) -> li
     if axis == "model":
         if chosen == "all":
             return names
+        if isinstance(chosen, str):     # a bare name would be read letter by letter
+            raise SpecError(f"axis 'model' must be 'all' or a list of names, got '{chosen}'", file=spec.file,
+                            line=spec.axes_line, field="axes.model", hint=f"write model: [{chosen}]")
         _require_models(spec, chosen, names)
         return list(chosen)
     return _model_pairs(spec, chosen, models)
@@ -97,6 +100,10 @@ def _model_pairs(spec: HypothesisSpec, chosen: Any, models: list[ModelInfo]) -> 
         raise SpecError(f"unknown model_pair selector '{chosen}'", file=spec.file, line=spec.axes_line,
                         field="axes.model_pair", hint="use cross_line, same_line, all or a list of pairs")
     _require_models(spec, [n for pair in chosen for n in pair], [m.name for m in models])
+    same = [a for a, b in chosen if a == b]
+    if same:
+        raise SpecError(f"model_pair [{same[0]}, {same[0]}] compares a model with itself", file=spec.file,
+                        line=spec.axes_line, field="axes.model_pair", hint="name two different models")
     return [tuple(pair) for pair in chosen]
 
 
@@ -155,7 +162,9 @@ def _matches(where: dict, axes: dict[str, Any], models: dict[str, ModelInfo]) ->
     for key, want in where.items():
         if key in axes:
             have = axes[key]
-            if ("-vs-".join(have) if isinstance(have, tuple) else have) != str(want):
+            # a pair matches in either order: the pair checks are symmetric in their two models
+            spelled = {"-vs-".join(have), "-vs-".join(reversed(have))} if isinstance(have, tuple) else {have}
+            if str(want) not in spelled:
                 return False
         elif key in MODEL_ATTRIBUTES:
             model = models.get(axes.get("model", ""))

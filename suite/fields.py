@@ -109,6 +109,8 @@ def convert(tp: Any, value: Any, where: Where, parent: Any, key: Any) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise where.error(f"expected a number, got {_kind(value)}", parent, key)
+        if isinstance(value, int) and abs(value) > 1e300:
+            raise where.error(f"the number {str(value)[:20]}... is too large", parent, key)
         if not math.isfinite(value):    # .nan passes no threshold and .inf every one: neither tests anything
             raise where.error(f"expected a finite number, got {value}", parent, key)
         return float(value)

@@ -82,6 +82,7 @@ def _read_yaml(path: Path) -> list[Panel]:
     pathways = fields.expect_mapping(top.pathways, where, data, "pathways")
     panels = []
     for name, body in pathways.items():
+        _check_name(name, str(path), pathways.line_of(name))
         entry = fields.build(_PanelEntry, body, where.child(f"pathways.{name}"), pathways, name)
         _refuse_repeats(entry, body, where.child(f"pathways.{name}"))
         kds = entry.kds or entry.genes
@@ -91,6 +92,14 @@ def _read_yaml(path: Path) -> list[Panel]:
                             description=entry.description, file=str(path), line=pathways.line_of(name),
                             unrelated_kds=entry.unrelated_kds))
     return panels
+
+
+def _check_name(name: object, file: str, line: int | None) -> None:
+    """A pathway name becomes part of pytest ids, file names and report anchors."""
+    text = str(name)
+    if not isinstance(name, str) or not text.strip() or not text.isprintable():
+        raise SpecError(f"pathway name {text!r} must be printable text (no control characters, not empty)",
+                        file=file, line=line, hint="rename the pathway")
 
 
 def _refuse_repeats(entry: _PanelEntry, body: dict, where: fields.Where) -> None:
@@ -119,6 +128,7 @@ def _read_gmt(path: Path) -> list[Panel]:
         if len(cells) < 3 or not cells[0] or not genes:
             raise SpecError("a GMT line needs: name <TAB> description <TAB> gene <TAB> gene ...",
                             file=str(path), line=number, hint="separate columns with tabs, not spaces")
+        _check_name(cells[0], str(path), number)
         if _repeated(genes):
             raise SpecError(f"set '{cells[0]}' lists {', '.join(_repeated(genes))} more than once", file=str(path),
                             line=number, hint="list each gene once (a repeated member would count twice)")

@@ -51,7 +51,7 @@ from .yamlio import LineDict, LineList, read_yaml
 SCHEMA_VERSION = 1
 MODEL_ATTRIBUTES = ("cell_line", "split", "backbone")   # what `expected: where:` may match besides axes
 BACKBONES = ("gpt2", "llama")      # arc-state's transformer_backbone_key values, lower case
-_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_ID = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def load_spec_file(path: Path) -> list[HypothesisSpec]:
 def _read_hypothesis(item: Any, path: Path, default_panels: tuple[str, ...],
                      where: fields.Where, parent: LineList, index: int) -> HypothesisSpec:
     raw = fields.build(_RawHypothesis, item, where, parent, index)
-    if not _ID.match(raw.id):
+    if not _ID.fullmatch(raw.id):
         raise where.error(f"id '{raw.id}' must be lower-case letters, digits, '-', '_' or '.'", item, "id")
     check = CHECKS.get(raw.probe)
     if check is None:
@@ -157,11 +157,7 @@ def _read_hypothesis(item: Any, path: Path, default_panels: tuple[str, ...],
         _check_pathways(axes["pathway"], panels, where.child("axes"), item["axes"])
     for i, exp in enumerate(raw.expected):
         _check_expectation(exp, check.axes, panels, where.child(f"expected[{i}]"), item["expected"], i)
-    rule = raw.pass_rule if raw.pass_rule is not None else check.default_rule(params)
-    if raw.pass_rule is not None and not any(v is not None for v in asdict(raw.pass_rule).values()):
-        raise where.error("the pass rule tests nothing: every case would pass", item, "pass_rule",
-                          hint="give at least one of p_below, effect_above, statistic_above, statistic_below, "
-                               "or leave pass_rule out for the probe's default")
+    rule = _pass_rule(raw.pass_rule, item, check.default_rule(params), raw.probe, where)
     tolerance = _read_tolerance(raw.tolerance, where, item) if raw.tolerance is not None else dict(DEFAULT_TOLERANCE)
     return HypothesisSpec(raw.id, " ".join(raw.claim.split()), raw.probe, axes, params, rule,
                           raw.expected, panels, str(path), item.line_of("id"),
@@ -206,11 +202,36 @@ def load_expectations(path: Path, specs: list[HypothesisSpec]) -> list[Hypothesi
             for spec in specs]
 
 
+def _pass_rule(given: PassRule | None, item: LineDict, default: PassRule, probe: str, where: fields.Where
+               ) -> PassRule:
+    """The probe's default rule with the keys the YAML gives replaced (a key left out keeps the probe's
+    default, not PassRule's generic one), refused when no case could ever pass or every case would."""
+    if given is None:
+        return default
+    written = item["pass_rule"] if isinstance(item.get("pass_rule"), dict) else {}
+    rule = replace(default, **{key: getattr(given, key) for key in written})
+    if not any(v is not None for v in asdict(rule).values()):
+        raise where.error("the pass rule tests nothing: every case would pass", item, "pass_rule",
+                          hint="give at least one of p_below, effect_above, statistic_above, statistic_below, "
+                               "or leave pass_rule out for the probe's default")
+    here = where.child("pass_rule")
+    if rule.p_below is not None and default.p_below is None:
+        raise here.error(f"probe '{probe}' reports no p-value, so 'p_below' could never hold", written, "p_below",
+                         hint="use statistic_above / statistic_below, or leave pass_rule out for the probe's default")
+    if rule.p_below == 0:
+        raise here.error("p_below: 0 can never hold (a p-value is above 0)", written, "p_below")
+    if rule.statistic_above is not None and rule.statistic_below is not None \
+            and rule.statistic_above >= rule.statistic_below:
+        raise here.error(f"statistic_above {rule.statistic_above} and statistic_below {rule.statistic_below} leave "
+                         "no value that passes", written, "statistic_below")
+    return rule
+
+
 def _read_tolerance(value: Any, where: fields.Where, item: LineDict) -> dict[str, float]:
     tolerance = fields.expect_mapping(value, where.child("tolerance"), item, "tolerance")
     fields.reject_unknown(tolerance, METRICS, where.child("tolerance"))
     for metric, limit in tolerance.items():
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit <= 1e300:
             raise where.child("tolerance").error(f"'{metric}' must be a number >= 0 (how far it may move from the "
                                                  f"baseline before it is reported as drift)", tolerance, metric)
     return {metric: float(limit) for metric, limit in tolerance.items()}
@@ -257,10 +278,15 @@ def _check_pathways(selected: Any, panels: dict[str, Panel], where: fields.Where
 
 def _check_expectation(exp: Expectation, axes: tuple[str, ...], panels: dict[str, Panel],
                        where: fields.Where, parent: LineList, index: int) -> None:
-    allowed = [*axes, *MODEL_ATTRIBUTES]
+    # cell_line, split and backbone are a model's: on a pair probe they would match no case
+    allowed = [*axes, *MODEL_ATTRIBUTES] if "model" in axes else list(axes)
     entry = parent[index]
     where_map = fields.expect_mapping(exp.where, where, entry, "where")
     fields.reject_unknown(where_map, allowed, where.child("where"))
+    for key, value in where_map.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise where.child("where").error(f"'{key}' must be one value (a 'where' matches one case at a time)",
+                                             where_map, key, hint="write one expectation per value")
     pathway = where_map.get("pathway")
     if pathway is not None and pathway not in panels:
         raise where.error(f"unknown pathway '{pathway}'", where_map, "pathway", hint=_suggest(str(pathway), panels))

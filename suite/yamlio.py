@@ -151,6 +151,8 @@ def parse_yaml(text: str, file: str) -> Any:
                         hint="check indentation, colons and quoting around this line") from None
     except RecursionError:
         raise SpecError("YAML nested too deeply", file=file) from None
+    except ValueError as exc:       # e.g. an integer of more digits than Python converts
+        raise SpecError(f"a value cannot be read: {exc}", file=file, hint="shorten the value") from None
 
 
 def read_yaml(path: Path) -> Any:

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures.arc_state import load_model
+from fixtures.arc_state import load_model, model_fingerprint
 from fixtures.registry import load_registry
 from probes.embeddings import sample_cells, select_cells
 from probes.knockout import load_knockout_matrix
@@ -36,6 +36,7 @@ from reports.record import to_csv, write_run
 from suite import plugin
 from suite.baseline import load_baseline
 from suite.cache import ArrayCache, CacheWarning
+from suite.cases import ModelInfo, expand_all
 from suite.checks.members import resolve_members
 from suite.errors import (
     Inconclusive,
@@ -52,7 +53,7 @@ from suite.session import RunContext
 from suite.spec import load_spec_dir, load_spec_file
 from suite.verdicts import CaseResult, Evidence, PassRule, decide
 
-from .helpers import DEMO, ROOT
+from .helpers import DEMO, PANELS, ROOT
 from .test_loading import Payload
 from .test_nightly import HYPOTHESES
 from .test_spec import GOOD
@@ -312,6 +313,13 @@ def _ko_files(matrix: np.ndarray, genes: str):
     return make
 
 
+def _write_sae_cfg(tmp: Path, cfg: dict) -> Path:
+    from .test_representations import _weights, _write_saelens
+
+    _write_saelens(tmp / "sae", _weights(d_in=64, d_sae=128), cfg)
+    return tmp / "sae"
+
+
 def _decide(**numbers):
     base = dict(statistic="mean cosine", value=0.2, effect=0.2, ci=(0.1, 0.3), p=0.01, n={"kds": 5}, null="x", seed=0)
     return lambda tmp: lambda: decide(Evidence(**(base | numbers)), PassRule())
@@ -322,6 +330,68 @@ def _gene_file(data: bytes | None = None, folder: bool = False):
         path = tmp / "genes.txt"
         path.mkdir() if folder else path.write_bytes(data)
         return replace(entry, genes_path=path)
+    return change
+
+
+INFOS = [ModelInfo("hepg2_fewshot", "hepg2", "fewshot", "gpt2"),
+         ModelInfo("jurkat_fewshot", "jurkat", "fewshot", "gpt2")]
+
+PAIR_SPEC = f"""
+schema_version: 1
+panels: [{PANELS}]
+hypotheses:
+  - id: pair
+    claim: The two models route the pathway alike.
+    probe: routing_consistency
+    axes: {{model_pair: PAIRS, pathway: [ribosome]}}
+    expected:
+      - where: {{WHERE}}
+        verdict: fail
+"""
+
+
+def _pair_spec(pairs: str, where: str) -> str:
+    return PAIR_SPEC.replace("PAIRS", pairs).replace("WHERE", where)
+
+
+def _expanded(text: str) -> Callable[[Path], Callable[[], object]]:
+    def make(tmp: Path):
+        (tmp / "spec.yaml").write_text(text)
+        return lambda: expand_all(load_spec_file(tmp / "spec.yaml"), INFOS)
+    return make
+
+
+def _audit_spec(rule: str) -> str:
+    return f"""
+schema_version: 1
+hypotheses:
+  - id: audit
+    claim: The model is deterministic.
+    probe: model_audit
+    axes: {{model: all}}
+    params: {{aspect: determinism}}
+    pass_rule: {rule}
+"""
+
+
+def _entry_with(**changes):
+    def make(tmp: Path):
+        entry = replace(load_registry(DEMO / "models.yaml")["hepg2_fewshot"], **changes)
+        return lambda: model_fingerprint(entry)
+    return make
+
+
+def _var_dims(value):
+    def change(tmp: Path, entry) -> None:
+        with open(entry.model_dir / "var_dims.pkl", "wb") as out:
+            pickle.dump(value, out)
+    return change
+
+
+def _config_data(text: str):
+    def change(tmp: Path, entry) -> None:
+        path = entry.model_dir / "config.yaml"
+        path.write_text(path.read_text().replace("data:\n", f"data: {text}\nold_data:\n", 1))
     return change
 
 
@@ -462,6 +532,52 @@ CATALOGUE += [
             ("asked for 16 control cells",)),
     Mistake("constant-similarity-matrix", lambda tmp: lambda: mantel(np.ones((6, 6)), np.eye(6) + 0.1 * np.arange(
         36).reshape(6, 6), 99, np.random.default_rng(0)), Inconclusive, ("constant off-diagonal entries",)),
+    # rules and axes that could never do what they say (found by an independent hunt)
+    Mistake("p-rule-on-a-probe-without-p", _spec(_audit_spec("{p_below: 0.05}")), SpecError,
+            ("field 'hypotheses[0].pass_rule.p_below'", "probe 'model_audit' reports no p-value")),
+    Mistake("rule-with-no-passing-value", _spec(GOOD.replace("{p_below: 0.01}", "{statistic_above: 5, "
+                                                                             "statistic_below: 1}")), SpecError,
+            ("statistic_above 5.0 and statistic_below 1.0 leave no value that passes",)),
+    Mistake("p-below-zero", _spec(GOOD.replace("p_below: 0.01", "p_below: 0")), SpecError,
+            ("p_below: 0 can never hold",)),
+    Mistake("tolerance-nan", _spec(GOOD.replace("    pass_rule:", "    tolerance: {effect: .nan}\n    pass_rule:")),
+            SpecError, ("field 'hypotheses[0].tolerance.effect'", "must be a number >= 0")),
+    Mistake("number-of-400-digits", _spec(GOOD.replace("p_below: 0.01", "p_below: " + "9" * 400)), SpecError,
+            ("field 'hypotheses[0].pass_rule.p_below'", "is too large")),
+    Mistake("number-of-5000-digits", _spec(GOOD.replace("seed: 3", "seed: " + "9" * 5000)), SpecError,
+            ("{tmp}/spec.yaml", "a value cannot be read")),
+    Mistake("id-with-a-trailing-newline", _spec(GOOD.replace("id: coherence", 'id: "coherence\\n"')), SpecError,
+            ("field 'hypotheses[0].id'", "must be lower-case letters")),
+    Mistake("bare-model-name-on-an-axis", _expanded(GOOD.replace("model: all", "model: hepg2_fewshot")), SpecError,
+            ("axis 'model' must be 'all' or a list of names, got 'hepg2_fewshot'", "write model: [hepg2_fewshot]")),
+    Mistake("model-paired-with-itself", _expanded(_pair_spec("[[hepg2_fewshot, hepg2_fewshot]]", "pathway: ribosome")),
+            SpecError, ("compares a model with itself",)),
+    Mistake("where-with-a-list", _spec(GOOD.replace("where: {pathway: decoy}", "where: {pathway: [decoy]}")),
+            SpecError, ("field 'hypotheses[0].expected[0].where.pathway'", "must be one value")),
+    Mistake("cell-line-on-a-pair-probe", _spec(_pair_spec("cross_line", "cell_line: hepg2")),
+            SpecError, ("unknown key 'cell_line'",)),
+    Mistake("pathway-name-with-a-control-character", _panel('schema_version: 1\npathways:\n  "ribo\\x07": {kds: [A, B, '
+                                                            'C]}\n'), SpecError, ("must be printable text",)),
+    Mistake("pathway-named-null", _panel("schema_version: 1\npathways:\n  null: {kds: [A, B, C]}\n"), SpecError,
+            ("pathway name 'None' must be printable text",)),
+    # files of shapes no check foresaw: still the model, the file and what to do
+    Mistake("cells-file-gone-before-the-fingerprint", _entry_with(cells_path=Path("/nowhere/cells.h5ad")),
+            ModelLoadError, ("model 'hepg2_fewshot'", "/nowhere/cells.h5ad does not exist", "Fix the path")),
+    Mistake("var-dims-a-list", _model(_var_dims([1, 2, 3])), ModelLoadError,
+            ("model 'hepg2_fewshot'", "var_dims.pkl holds a list, not the mapping", "re-copy it")),
+    Mistake("config-data-as-text", _model(_config_data("hepg2")), ModelLoadError,
+            ("model 'hepg2_fewshot'", "cannot use", "unexpected shape")),
+    Mistake("unknown-home-folder", _registry(REGISTRY.format(key="model_dir").replace(
+        "models/hepg2_fewshot", "~nosuchuser/m\n    cell_line: hepg2\n    split: fewshot")), SpecError,
+            ("{tmp}/models.yaml", "'~nosuchuser/m': no such user's home folder")),
+    Mistake("sae-topk-without-k", lambda tmp: _write_sae_cfg(tmp, {"architecture": "topk", "d_in": 64, "d_sae": 128})
+            and (lambda: load_sae(tmp / "sae")), ModelLoadError, ("{tmp}/sae", "not an SAE this suite can read")),
+    Mistake("ko-matrix-as-npz", lambda tmp: np.savez(tmp / "ko.npy.npz", a=np.ones((2, 4))) or os.replace(
+        tmp / "ko.npy.npz", tmp / "ko.npy") or (tmp / "genes.txt").write_text("A\nB\n") and (
+        lambda: load_knockout_matrix(tmp / "ko.npy", tmp / "genes.txt", ("A", "B", "C", "D"))), ModelLoadError,
+            ("{tmp}/ko.npy", "must be one real-valued .npy array")),
+    Mistake("baseline-nested-too-deeply", _baseline("[" * 100_000 + "]" * 100_000), SpecError,
+            ("not a readable run record",)),
     # baselines: corrupt, truncated, foreign
     Mistake("baseline-not-json", _baseline("{not json"), SpecError,
             ("{tmp}/run/verdicts.json", "not a readable run record", "point --baseline at a run folder")),
