@@ -562,7 +562,8 @@ CATALOGUE += [
             ("pathway name 'None' must be printable text",)),
     # files of shapes no check foresaw: still the model, the file and what to do
     Mistake("cells-file-gone-before-the-fingerprint", _entry_with(cells_path=Path("/nowhere/cells.h5ad")),
-            ModelLoadError, ("model 'hepg2_fewshot'", "/nowhere/cells.h5ad does not exist", "Fix the path")),
+            ModelLoadError, ("model 'hepg2_fewshot'", "/nowhere/cells.h5ad: control-cells file not found",
+                             "Fix 'cells.path'")),
     Mistake("var-dims-a-list", _model(_var_dims([1, 2, 3])), ModelLoadError,
             ("model 'hepg2_fewshot'", "var_dims.pkl holds a list, not the mapping", "re-copy it")),
     Mistake("config-data-as-text", _model(_config_data("hepg2")), ModelLoadError,
