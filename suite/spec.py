@@ -100,13 +100,16 @@ class _RawFile:
 
 
 def load_spec_dir(directory: Path) -> list[HypothesisSpec]:
-    """Every hypothesis in the top-level *.yaml files of `directory`, sorted by id."""
+    """Every hypothesis in the top-level .yaml/.yml files of `directory` (any case of the suffix), sorted by id."""
     directory = Path(directory)
     if not directory.is_dir():
         raise SpecError("is a file, not a folder" if directory.exists() else "hypotheses folder not found",
                         file=str(directory), hint="pass --hypotheses DIR pointing at a folder of hypothesis YAML files")
     specs: dict[str, HypothesisSpec] = {}
-    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+    # any case of the suffix (a file saved as .YAML is no less a hypothesis); hidden files and editor
+    # locks (.#name.yaml) are not hypotheses
+    files = [p for p in directory.iterdir() if p.suffix.lower() in (".yaml", ".yml") and not p.name.startswith(".")]
+    for path in sorted(files):
         for spec in load_spec_file(path):
             if spec.id in specs:
                 first = specs[spec.id]

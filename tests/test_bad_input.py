@@ -474,6 +474,8 @@ CATALOGUE += [
         and (lambda: load_registry(tmp / "models.yaml")), SpecError, ("{tmp}/models.yaml", "not UTF-8 text")),
     Mistake("registry-model-twice", _registry(REGISTRY.format(key="model_dir") + REGISTRY.format(
         key="model_dir").split("models:\n")[1]), SpecError, ("{tmp}/models.yaml, line 7", "duplicate key 'm'")),
+    Mistake("registry-model-named-by-a-number", _registry(REGISTRY.format(key="model_dir").replace("  m:", "  1:")),
+            SpecError, ("model name 1 reads as a YAML int, not a name", "quote it")),
     Mistake("registry-empty", _registry("schema_version: 1\nmodels: {}\n"), SpecError,
             ("{tmp}/models.yaml, line 2", "the registry lists no models")),
     Mistake("registry-model-name-with-space", _registry(REGISTRY.format(key="model_dir").replace("  m:",
@@ -798,3 +800,9 @@ def test_a_cached_jacobian_stack_of_another_shape_is_recomputed(tmp_path):
     with pytest.warns(CacheWarning, match="expected an array of shape \\(4, 3\\)"):
         found = cache.filled(key, (4, 3), lambda out: out.fill(7.0))
     assert found.shape == (4, 3) and float(found.min()) == 7.0
+
+
+def test_hypothesis_files_are_found_whatever_the_case_of_their_suffix_and_editor_locks_are_not(tmp_path):
+    (tmp_path / "SHOUT.YAML").write_text(GOOD)
+    (tmp_path / ".#SHOUT.yaml").symlink_to(tmp_path / "nowhere")     # what emacs leaves while a file is edited
+    assert [s.id for s in load_spec_dir(tmp_path)] == ["coherence"]
