@@ -32,8 +32,8 @@ from .checks import CHECKS
 from .panels import Panel
 from .runner import evaluate
 from .session import RunContext, reinitialised_name
+from .verdicts import ALPHA
 
-ALPHA = 0.05
 NULL_BOOTSTRAP = 0     # no pass rule reads the bootstrap CI
 
 

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-ALPHA = 0.05
+from .verdicts import ALPHA
+
 SIDES = ("organized", "routed")
 RULE = (f"A side holds when more than half of its cases pass and survive the run's Benjamini-Hochberg correction "
         f"(q < {ALPHA}); it does not hold when more than half reached a verdict and do not (fail, or pass only "

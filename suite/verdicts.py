@@ -14,6 +14,8 @@ from typing import Any
 
 from .errors import ProbeError
 
+ALPHA = 0.05    # the run's one level: pass rules' default p, BH q in the synthesis, calibration's false-positive bar
+
 
 @dataclass(frozen=True)
 class PassRule:

@@ -181,7 +181,7 @@ def _members(case: Case, genes, universe, p: KnockoutParams, model: str):
     return present, dropped, np.array([list(genes).index(g) for g in present])
 
 
-def _notes_rule(_params: KnockoutParams) -> PassRule:
+def _cross_line_rule(_params: KnockoutParams) -> PassRule:
     return PassRule(p_below=0.05, effect_above=None, statistic_above=0.4)
 
 
@@ -192,7 +192,7 @@ def _coherence_rule(_params: KnockoutParams) -> PassRule:
 CHECKS = (
     Check("knockout_cross_line", ("model_pair", "pathway"), KnockoutParams, cross_line,
           "zeroing a pathway gene shifts the outputs alike in two models (mean Spearman r > 0.4, beating random "
-          "genes)", _notes_rule),
+          "genes)", _cross_line_rule),
     Check("knockout_coherence", ("model", "pathway"), KnockoutParams, coherence,
           "a pathway's genes have similar KO profiles in one model", _coherence_rule, side="routed"),
 )

@@ -207,16 +207,16 @@ def _sizes(p: RepresentationParams, scope: common.Scope, model: LoadedModel, ctx
                           "permutations": p.n_permutations, "bootstrap": p.n_bootstrap}
 
 
-def _notes_rule(_params: RepresentationParams) -> PassRule:
+def _effect_rule(_params: RepresentationParams) -> PassRule:
     return PassRule(p_below=0.05, effect_above=0.1)
 
 
 CHECKS = (
     Check("representation_coherence", ("model", "pathway"), RepresentationParams, coherence,
-          "pathway KDs closer in a representation (ΔY, layer, SAE) than random KD sets", _notes_rule, validate,
+          "pathway KDs closer in a representation (ΔY, layer, SAE) than random KD sets", _effect_rule, validate,
           side="organized"),
     Check("representation_clusters", ("model", "pathway"), ClusterParams, clusters,
           "pathway KDs enriched in one cluster of a representation", validate=validate, side="organized"),
     Check("representation_consistency", ("model_pair", "pathway"), ConsistencyParams, consistency,
-          "pathway KDs keep their nearest KDs in a representation across two models", _notes_rule, validate),
+          "pathway KDs keep their nearest KDs in a representation across two models", _effect_rule, validate),
 )
