@@ -6,13 +6,13 @@ registered by the package's `pytest11` entry point).
 
 import pytest
 
+from core.errors import SuiteError
 from fixtures.device import resolve_device
 from fixtures.registry import load_registry
 from suite.baseline import Baseline
 from suite.cache import ArrayCache
 from suite.calibration import Calibration
 from suite.cases import Case
-from suite.errors import SuiteError
 from suite.keeper import RECORD
 from suite.plugin import STATE, collect_cases, marks_for, terminal_progress
 from suite.runinfo import versions

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from suite.errors import Inconclusive
+from core.errors import Inconclusive
 
 from .forward import check_supported, forward_sets, pert_representations
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from suite.errors import ProbeError
+from core.errors import ProbeError
 
 
 def check_supported(module: torch.nn.Module) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.func import jvp, vmap
 
-from suite.errors import ProbeError
+from core.errors import ProbeError
 
 from .forward import forward_sets
 

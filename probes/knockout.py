@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from suite.errors import ModelLoadError, close_matches
+from core.errors import ModelLoadError, close_matches
 
 from .forward import check_supported, forward_sets
 

@@ -10,15 +10,17 @@ identical passes, and the dimensions the checkpoint has against the model_dir's 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from fixtures.arc_state import LoadedModel
-
 from . import audit
 from .embeddings import sample_cells
 from .forward import backbone, forward_sets
+
+if TYPE_CHECKING:   # only named in annotations: probes never import the loaders above them
+    from fixtures.arc_state import LoadedModel
 
 ORDER_TOLERANCE = 1e-3      # order effects below 0.1% of the median KD effect are float noise
 SEED = 0

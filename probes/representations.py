@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from suite.errors import ProbeError
+from core.errors import ProbeError
 
 from .forward import check_supported, forward_sets, pert_representations
 from .sae import SparseAutoencoder

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import SpecError
+from core.errors import SpecError
 
 if TYPE_CHECKING:
     from .verdicts import CaseResult

@@ -15,8 +15,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from core.errors import SpecError, close_matches, typos_of
+
 from .checks import CHECKS
-from .errors import SpecError, close_matches, typos_of
 from .spec import BACKBONES, MODEL_ATTRIBUTES, Expectation, HypothesisSpec
 
 

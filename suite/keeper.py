@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from core.errors import SuiteError
 from fixtures.registry import ModelEntry, load_registry
 from reports import history
 
 from .baseline import against_baseline
 from .calibration import ALPHA, summarize
-from .errors import SuiteError
 from .runinfo import run_info
 from .stats import benjamini_hochberg
 from .synthesis import synthesize

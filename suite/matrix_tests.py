@@ -26,7 +26,8 @@ from itertools import combinations
 import numpy as np
 from scipy.stats import norm, rankdata
 
-from .errors import Inconclusive
+from core.errors import Inconclusive
+
 from .stats import exact_p
 
 

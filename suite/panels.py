@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import fields
-from .errors import SpecError
-from .yamlio import read_text, read_yaml
+from core import fields
+from core.errors import SpecError
+from core.yamlio import read_text, read_yaml
 
 SCHEMA_VERSION = 1
 

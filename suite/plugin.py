@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import SuiteError
 from fixtures.arc_state import declared_backbone
 from fixtures.device import resolve_device, size_threads
 from fixtures.registry import ModelEntry, load_registry, registry_expectations
@@ -28,7 +29,6 @@ from .baseline import Baseline, load_baseline, note_change, regression_message
 from .calibration import Calibration
 from .cases import Case, ModelInfo, expand_all
 from .checks import CHECKS
-from .errors import SuiteError
 from .keeper import RecordKeeper
 from .progress import Progress
 from .runinfo import new_run_id

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import torch
 
+from core.errors import SuiteError
 from fixtures.arc_state import model_fingerprint
 from fixtures.device import describe, resolve_device
 from fixtures.registry import ModelEntry
-
-from .errors import SuiteError
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "transformers", "arc-state", "numpy", "scipy", "anndata", "pingouin")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, is_dataclass
 
+from core.errors import Inconclusive
+
 from .cases import Case
 from .checks import CHECKS
-from .errors import Inconclusive
 from .session import RunContext
 from .verdicts import CaseResult, decide, threshold_of
 

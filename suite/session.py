@@ -15,9 +15,11 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from core.errors import Inconclusive, ModelLoadError, ProbeError
 from fixtures.arc_state import LoadedModel, load_model, load_screen
 from fixtures.registry import ModelEntry
 from fixtures.reinit import reinitialised
+from fixtures.sae import load_sae
 from probes import model_audit
 from probes.audit import random_orderings
 from probes.embeddings import output_shifts, sample_cells, select_cells
@@ -25,11 +27,10 @@ from probes.jacobian import targeted_jacobians
 from probes.knockout import knockout_matrix, load_knockout_matrix
 from probes.representations import Readout, cell_sets, hidden_width, per_set_shifts
 from probes.routing import encoder_jacobians, pert_jacobians, streaming_gram
-from probes.sae import SparseAutoencoder, load_sae
+from probes.sae import SparseAutoencoder
 
 from . import learnedness
 from .cache import ArrayCache
-from .errors import Inconclusive, ModelLoadError, ProbeError
 from .progress import Progress
 
 T = TypeVar("T")

@@ -40,13 +40,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from . import fields
+from core import fields
+from core.errors import SpecError, close_matches, typos_of
+from core.yamlio import LineDict, LineList, read_yaml
+
 from .baseline import DEFAULT_TOLERANCE, METRICS
 from .checks import CHECKS
-from .errors import SpecError, close_matches, typos_of
 from .panels import Panel, load_panels
 from .verdicts import PassRule
-from .yamlio import LineDict, LineList, read_yaml
 
 SCHEMA_VERSION = 1
 MODEL_ATTRIBUTES = ("cell_line", "split", "backbone")   # what `expected: where:` may match besides axes

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ProbeError
+from core.errors import ProbeError
 
 ALPHA = 0.05    # the run's one level: pass rules' default p, BH q in the synthesis, calibration's false-positive bar
 

@@ -26,19 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures.arc_state import load_model, model_fingerprint
-from fixtures.registry import load_registry
-from probes.embeddings import sample_cells, select_cells
-from probes.knockout import load_knockout_matrix
-from probes.sae import load_sae
-from reports.junit import to_junit
-from reports.record import to_csv, write_run
-from suite import plugin
-from suite.baseline import load_baseline
-from suite.cache import ArrayCache, CacheWarning
-from suite.cases import ModelInfo, expand_all
-from suite.checks.members import resolve_members
-from suite.errors import (
+from core.errors import (
     Inconclusive,
     ModelLoadError,
     ProbeError,
@@ -46,6 +34,18 @@ from suite.errors import (
     UnknownNameError,
     UnsafeCheckpointError,
 )
+from fixtures.arc_state import load_model, model_fingerprint
+from fixtures.registry import load_registry
+from fixtures.sae import load_sae
+from probes.embeddings import sample_cells, select_cells
+from probes.knockout import load_knockout_matrix
+from reports.junit import to_junit
+from reports.record import to_csv, write_run
+from suite import plugin
+from suite.baseline import load_baseline
+from suite.cache import ArrayCache, CacheWarning
+from suite.cases import ModelInfo, expand_all
+from suite.checks.members import resolve_members
 from suite.keeper import RECORD_LOST, RecordKeeper
 from suite.matrix_tests import mantel
 from suite.panels import Panel, load_panels

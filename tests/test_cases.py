@@ -2,8 +2,8 @@
 
 import pytest
 
+from core.errors import SpecError
 from suite.cases import ModelInfo, expand, expand_all
-from suite.errors import SpecError
 from suite.spec import load_spec_file
 
 from .helpers import PANELS

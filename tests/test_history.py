@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
+from core.errors import SpecError
 from fixtures.device import worker_gpu
 from reports import history
 from suite.baseline import compare, load_baseline, regression_message
 from suite.cache import ArrayCache
-from suite.errors import SpecError
 from suite.spec import load_spec_file
 
 from .helpers import PANELS

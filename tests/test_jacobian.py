@@ -211,8 +211,8 @@ def _sensitivities(pathway_kds, unrelated_kds, elevated, seed=0):
 
 def _evaluate(case, ctx):
     """(verdict, reason, evidence) of the case's check, as suite/runner.py decides it."""
+    from core.errors import Inconclusive
     from suite.checks import CHECKS
-    from suite.errors import Inconclusive
 
     try:
         evidence = CHECKS[case.spec.probe].run(case, ctx)

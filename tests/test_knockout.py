@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from core.errors import ModelLoadError
 from probes.forward import arc_state_forward
 from probes.knockout import knockout_matrix, load_knockout_matrix
 from suite.checks.knockout import per_gene_spearman
-from suite.errors import ModelLoadError
 from suite.session import RunContext
 
 

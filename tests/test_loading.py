@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import ModelLoadError, SpecError, UnsafeCheckpointError
 from fixtures.arc_state import load_model
 from fixtures.registry import load_registry
 from fixtures.safe_load import pickle_load
 from probes.forward import arc_state_forward, forward_sets
-from suite.errors import ModelLoadError, SpecError, UnsafeCheckpointError
 
 from .helpers import DEMO
 

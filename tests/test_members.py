@@ -2,8 +2,8 @@
 
 import pytest
 
+from core.errors import Inconclusive, UnknownNameError
 from suite.checks.members import resolve_members
-from suite.errors import Inconclusive, UnknownNameError
 from suite.panels import Panel
 
 PANEL = Panel("ribosome", ("RPL3", "RPL7", "RPS3", "RPL5"), (), file="panels.yaml", line=4)

@@ -8,12 +8,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from core.errors import ModelLoadError, ProbeError
+from fixtures.sae import load_sae
 from probes.audit import random_orderings
 from probes.forward import arc_state_forward
 from probes.representations import Readout, cell_sets, check_layer, per_set_shifts
-from probes.sae import SparseAutoencoder, load_sae
+from probes.sae import SparseAutoencoder
 from suite import stats
-from suite.errors import ModelLoadError, ProbeError
 from suite.session import RunContext
 
 from .helpers import DEMO, tiny_state_model

@@ -2,7 +2,7 @@
 
 import pytest
 
-from suite.errors import SpecError
+from core.errors import SpecError
 from suite.spec import load_spec_dir, load_spec_file
 
 from .helpers import PANELS

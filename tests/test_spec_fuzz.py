@@ -7,8 +7,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import SpecError
 from suite.checks import CHECKS
-from suite.errors import SpecError
 from suite.spec import HypothesisSpec, load_spec_file
 
 from .helpers import PANELS

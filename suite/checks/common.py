@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from core.errors import Inconclusive
+
 from .. import stats
-from ..errors import Inconclusive
 from .members import resolve_members
 
 if TYPE_CHECKING:

@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from core.errors import Inconclusive
+
 from .. import matrix_tests
-from ..errors import Inconclusive
 from ..verdicts import Evidence
 from . import Check, common
 from .members import resolve_members

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy.stats import rankdata
 
+from core.errors import Inconclusive
+
 from .. import stats
-from ..errors import Inconclusive
 from ..verdicts import Evidence, PassRule
 from . import Check, common
 from .common import NullParams

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..errors import Inconclusive, UnknownNameError, describe_unknown
+from core.errors import Inconclusive, UnknownNameError, describe_unknown
+
 from ..panels import Panel
 
 

@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from core.errors import Inconclusive
+
 from .. import stats
-from ..errors import Inconclusive
 from ..verdicts import Evidence, PassRule
 from . import Check, common
 from .common import NullParams

@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy.stats import rankdata
 
+from core.errors import Inconclusive
 from probes.embeddings import CELL_SAMPLINGS
 from probes.routing import centered_cosine, compare_onehot_routing, gram_cosine, svd_axes
 
 from .. import matrix_tests, stats
-from ..errors import Inconclusive
 from ..session import reinitialised_name
 from ..verdicts import Evidence, PassRule, decide
 from . import Check, common

@@ -13,6 +13,11 @@
                                    panel members present, zero variance); carries the reason
                                    and becomes a skipped case, never a pass or a fail
 
+    AssertionError (pytest's failure)
+    ├── HypothesisFailed           a case whose verdict is fail: the claim and the numbers
+    └── Regression                 a verdict that changed since --baseline (both in suite/plugin.py,
+                                   the layer that turns verdicts into pytest outcomes)
+
 Spec and model errors stop the run or the case loudly; an Inconclusive is an honest
 verdict of its own.
 """
