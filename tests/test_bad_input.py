@@ -596,6 +596,7 @@ CATALOGUE += [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Variable names are not unique")    # anndata, on the duplicate-name row
 @pytest.mark.parametrize("mistake", CATALOGUE, ids=[m.name for m in CATALOGUE])
 def test_each_mistake_gets_its_own_clear_error(mistake, tmp_path):
     call = mistake.make(tmp_path)
