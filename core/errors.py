@@ -89,6 +89,12 @@ def typos_of(name: str, known: Iterable[str]) -> list[str]:
     return [k for k in known if distance(name.upper(), k.upper()) <= max_edits]
 
 
+def repeated(names: Iterable[str]) -> list[str]:
+    """The names that occur more than once, each once, in the order they first repeat."""
+    seen: set[str] = set()
+    return list(dict.fromkeys(n for n in names if n in seen or seen.add(n)))
+
+
 def close_matches(name: str, known: Iterable[str], n: int = 3) -> list[str]:
     """Known names that look like `name` (case-insensitive), best first."""
     known = list(known)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.errors import ModelLoadError, close_matches
+from core.errors import ModelLoadError, close_matches, repeated
 
 from .forward import check_supported, forward_sets
 
@@ -44,9 +44,9 @@ def load_knockout_matrix(path: Path, genes_path: Path, model_genes: tuple[str, .
         genes = [g.strip() for g in Path(genes_path).read_text(encoding="utf-8-sig").splitlines() if g.strip()]
     except (OSError, ValueError) as exc:     # UnicodeDecodeError is a ValueError
         raise ModelLoadError(f"{path}: cannot read the precomputed KO matrix or its gene list: {exc}") from None
-    repeated = sorted({g for g in genes if genes.count(g) > 1})
-    if repeated:
-        raise ModelLoadError(f"{genes_path}: lists {', '.join(repeated[:5])} more than once; list each knocked-out "
+    twice = repeated(genes)
+    if twice:
+        raise ModelLoadError(f"{genes_path}: lists {', '.join(twice[:5])} more than once; list each knocked-out "
                              "gene once, one row of the KO matrix each")
     if not isinstance(matrix, np.ndarray) or matrix.dtype.kind not in "biuf":
         raise ModelLoadError(f"{path}: the KO matrix must be one real-valued .npy array (np.save), not "

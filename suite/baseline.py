@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import SpecError
+from core.errors import SpecError, repeated
 
 if TYPE_CHECKING:
     from .verdicts import CaseResult
@@ -67,9 +67,8 @@ def load_baseline(folder: Path) -> Baseline:
                 or case.get("verdict") not in VERDICTS:
             raise SpecError(f"case {i} has no case_id, or a verdict other than {', '.join(VERDICTS)}",
                             file=str(path), field=f"cases[{i}]", hint=hint)
-    ids = [c["case_id"] for c in cases]
-    if len(set(ids)) != len(ids):
-        twice = sorted({i for i in ids if ids.count(i) > 1})
+    twice = repeated(c["case_id"] for c in cases)
+    if twice:
         raise SpecError(f"case ids recorded twice: {', '.join(twice[:5])}", file=str(path), hint=hint)
     models = run.get("models") if isinstance(run.get("models"), dict) else {}
     return Baseline(run["id"], Path(folder), {c["case_id"]: c for c in cases},

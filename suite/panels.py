@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import fields
-from core.errors import SpecError
+from core.errors import SpecError, repeated
 from core.yamlio import read_text, read_yaml
 
 SCHEMA_VERSION = 1
@@ -106,15 +106,10 @@ def _refuse_repeats(entry: _PanelEntry, body: dict, where: fields.Where) -> None
     """A member listed twice would count twice: two distinct KDs written four times each would pass
     a `min_members: 3` test as eight."""
     for name in ("kds", "genes", "regulators", "targets", "unrelated_kds"):
-        repeated = _repeated(getattr(entry, name))
-        if repeated:
-            raise where.error(f"lists {', '.join(repeated)} more than once", body, name,
+        twice = repeated(getattr(entry, name))
+        if twice:
+            raise where.error(f"lists {', '.join(twice)} more than once", body, name,
                               hint="list each member once")
-
-
-def _repeated(names: tuple[str, ...]) -> list[str]:
-    seen: set[str] = set()
-    return list(dict.fromkeys(n for n in names if n in seen or seen.add(n)))
 
 
 def _read_gmt(path: Path) -> list[Panel]:
@@ -129,8 +124,8 @@ def _read_gmt(path: Path) -> list[Panel]:
             raise SpecError("a GMT line needs: name <TAB> description <TAB> gene <TAB> gene ...",
                             file=str(path), line=number, hint="separate columns with tabs, not spaces")
         _check_name(cells[0], str(path), number)
-        if _repeated(genes):
-            raise SpecError(f"set '{cells[0]}' lists {', '.join(_repeated(genes))} more than once", file=str(path),
+        if repeated(genes):
+            raise SpecError(f"set '{cells[0]}' lists {', '.join(repeated(genes))} more than once", file=str(path),
                             line=number, hint="list each gene once (a repeated member would count twice)")
         panels.append(Panel(cells[0], genes, genes, description=cells[1], file=str(path), line=number))
     return panels

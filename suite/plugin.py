@@ -196,9 +196,8 @@ def _refuse_unwritable(report_dir: Path) -> None:
                                 "at a folder this user can write")
     for part in ("runs", "latest", "baseline"):     # what reports/history.py writes there
         path = report_dir / part
-        clash = path.exists() and not path.is_dir() if part == "runs" else \
-            (path.exists() or path.is_symlink()) and not path.is_symlink() and not path.is_dir()
-        if clash:
+        pointer = part != "runs" and path.is_symlink()     # a pointer is a link history.py replaces
+        if path.exists() and not path.is_dir() and not pointer:
             raise pytest.UsageError(f"--report-dir {report_dir}: {path} is a file, where the suite keeps "
                                     f"{'its runs' if part == 'runs' else f'the {part} pointer'}; move it away or "
                                     "choose another --report-dir")

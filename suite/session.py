@@ -85,9 +85,10 @@ class RunContext:
             key = self.cache.key(kind, fingerprint=self.model(name).fingerprint, **parts)
             found = self.cache.get(key)
             self._tally(name, found is not None)
-            if found is None:
+            if found is None:        # checked before it is cached, so a NaN never reaches the disk
                 found = require_finite(compute(), kind, name)
                 self.cache.put(key, found)
+                return found
             return require_finite(found, kind, name)
 
         return self.memo((kind, name, *sorted(parts.items())), load)
