@@ -25,8 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from probes.forward import forward_sets
-from probes.routing import pert_jacobians
-from suite.session import kd_chunk
+from probes.routing import kd_chunk, pert_jacobians
 
 from .shapes import released_shape_model
 

@@ -7,7 +7,8 @@
     ├── ModelLoadError             a model_dir, checkpoint, gene list or cells file cannot be used
     │   └── UnsafeCheckpointError  a pickle asks for a global outside the allowlist; refused
     │                              before anything in it runs
-    └── ProbeError                 a probe failed on inputs that passed validation
+    ├── ProbeError                 a probe failed on inputs that passed validation
+    └── FamilyError                a probe family module cannot be registered (suite/families.py)
 
     Inconclusive                   not an error: a test that cannot be run fairly (too few
                                    panel members present, zero variance); carries the reason
@@ -65,6 +66,10 @@ class UnsafeCheckpointError(ModelLoadError):
 
 class ProbeError(SuiteError):
     """A probe failed on inputs that passed validation."""
+
+
+class FamilyError(SuiteError):
+    """A probe family module that cannot be imported or registered."""
 
 
 class Inconclusive(Exception):

@@ -16,7 +16,8 @@ from .record import write_run
 
 def render(folder: Path) -> None:
     document = json.loads((folder / "verdicts.json").read_text())
-    written = write_run(folder, document["run"], document["cases"], document.get("synthesis"))
+    written = write_run(folder, document["run"], document["cases"], document.get("synthesis"),
+                        document.get("cards"))
     print(written["html"])
 
 

@@ -31,7 +31,8 @@ def render_html(document: dict[str, Any]) -> str:
     # embedded as JSON for the filter script: escape '<' so data can never close the <script> tag
     data = json.dumps([_row(c) for c in document["cases"]]).replace("<", "\\u003c")
     synthesis = document.get("synthesis") or {"rule": "", "grids": []}
-    cards = [_card(env, case) for case in document["cases"]]
+    families = document.get("cards") or {}
+    cards = [_card(env, case, families.get(case.get("probe"), {})) for case in document["cases"]]
     try:
         return env.get_template("verdict.html.j2").render(run=document["run"], cases=document["cases"],
                                                           synthesis=synthesis, cards=cards,
@@ -49,9 +50,14 @@ def _environment() -> Environment:
     return env
 
 
-def _card(env: Environment, case: dict[str, Any]) -> Markup:
+def _card(env: Environment, case: dict[str, Any], card: dict[str, Any]) -> Markup:
+    """A case's card; `card` is its family's description (settings shown, bars' reference line, and the
+    source of a partial of its own, rendered with the case and its details)."""
     try:
-        return Markup(env.get_template("card.html.j2").render(case=case))  # noqa: S704 - autoescaped template
+        partial = Markup(env.from_string(card["partial"]).render(case=case, d=case.get("details") or {})) \
+            if card.get("partial") else None  # noqa: S704 - autoescaped template
+        return Markup(env.get_template("card.html.j2").render(case=case, card=card,  # noqa: S704 - autoescaped
+                                                              partial=partial))
     except Exception as exc:    # noqa: BLE001 - one case's details never take the report down
         return _plain_card(case, exc)
 

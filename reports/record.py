@@ -10,6 +10,7 @@ verdicts.json::
              "cache": {model: {"reused", "computed"}},
              "baseline": {"id", "folder", "fingerprint_changes", "gone"} (with --baseline)},
      "synthesis": {"rule", "alpha", "grids": [{"name", "kind", "columns", "rows", "overall"}]},
+     "cards": {probe: {"family", "settings", "reference", "partial"}},
      "cases": [CaseResult fields: case_id, hypothesis, probe, side, params, statistic, value, effect,
                ci, p, q, n, verdict, expected, baseline, change, outcome, reason, seconds, ...]}
 """
@@ -47,11 +48,13 @@ def counts(cases: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def write_run(directory: Path, run: dict[str, Any], cases: list[dict[str, Any]],
-              synthesis: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write the files of a run into `directory`, each atomically, all rendered before any is replaced."""
+              synthesis: dict[str, Any] | None = None, cards: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write the files of a run into `directory`, each atomically, all rendered before any is replaced.
+    `cards`: per probe, what its family's card shows (suite/families.py Card.to_dict)."""
     directory = Path(directory)
     run = {**run, "counts": counts(cases)}
-    document = {"schema_version": SCHEMA_VERSION, "run": run, "synthesis": synthesis, "cases": cases}
+    document = {"schema_version": SCHEMA_VERSION, "run": run, "synthesis": synthesis, "cases": cases,
+                "cards": cards or {}}
     texts = {"json": (directory / "verdicts.json", json.dumps(document, separators=(",", ":"), default=str) + "\n"),
              "csv": (directory / "verdicts.csv", to_csv(cases)),
              "junit": (directory / "junit.xml", to_junit(run, cases)),

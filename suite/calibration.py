@@ -28,7 +28,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from .cases import Case
-from .checks import CHECKS
+from .families import CHECKS
 from .panels import Panel
 from .runner import evaluate
 from .session import RunContext, reinitialised_name

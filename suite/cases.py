@@ -17,7 +17,7 @@ from typing import Any
 
 from core.errors import SpecError, close_matches, typos_of
 
-from .checks import CHECKS
+from .families import CHECKS
 from .spec import BACKBONES, MODEL_ATTRIBUTES, Expectation, HypothesisSpec
 
 

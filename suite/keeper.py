@@ -21,6 +21,7 @@ from reports import history
 
 from .baseline import against_baseline
 from .calibration import ALPHA, summarize
+from .families import CHECKS
 from .runinfo import run_info
 from .stats import benjamini_hochberg
 from .synthesis import synthesize
@@ -106,7 +107,7 @@ class RecordKeeper:
         except Exception as exc:    # noqa: BLE001 - the cases' record matters more than the grid drawn from them
             synthesis, run["synthesis_error"] = None, f"{type(exc).__name__}: {exc}"
         folder = history.publish(self.state.report_dir, self.state.run_id,
-                                 lambda out: write_run(out, run, cases, synthesis))
+                                 lambda out: write_run(out, run, cases, synthesis, CHECKS.cards()))
         if self.state.update_baseline:
             history.promote(self.state.report_dir, folder)
         self.html = folder / "verdict.html"

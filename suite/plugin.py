@@ -28,7 +28,7 @@ from reports import history
 from .baseline import Baseline, load_baseline, note_change, regression_message
 from .calibration import Calibration
 from .cases import Case, ModelInfo, expand_all
-from .checks import CHECKS
+from .families import CHECKS
 from .keeper import RecordKeeper
 from .progress import Progress
 from .runinfo import new_run_id
@@ -94,6 +94,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--threads", default="torch", metavar="torch|auto|N",
                     help="torch CPU threads per process; torch: torch's default (every core); auto: the cores "
                          "other processes leave free, shared among xdist workers (default: torch)")
+    parser.addini("probe_families", type="linelist", default=[],
+                  help="modules of further probe families (each defines FAMILY = Family(...)); their folder goes "
+                       "on pytest's 'pythonpath'")
     group.addoption("--cell-orderings", type=int, default=8,
                     help="random cell orderings that probes average over for models whose outputs depend on "
                          "cell order (causal attention); a hypothesis's cell_orderings overrides it (default: 8)")
@@ -115,6 +118,10 @@ def pytest_configure(config: pytest.Config) -> None:
         state.threads = size_threads(config.getoption("--threads"),
                                      int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    try:
+        CHECKS.discover(config.getini("probe_families"))
+    except SuiteError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[STATE] = state
     config.pluginmanager.register(RecordKeeper(state), "st-record-keeper")

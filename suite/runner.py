@@ -8,7 +8,7 @@ from dataclasses import asdict, is_dataclass
 from core.errors import Inconclusive
 
 from .cases import Case
-from .checks import CHECKS
+from .families import CHECKS
 from .session import RunContext
 from .verdicts import CaseResult, decide, threshold_of
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,11 +21,8 @@ from fixtures.reinit import reinitialised
 from fixtures.sae import load_sae
 from probes import model_audit
 from probes.audit import random_orderings
-from probes.embeddings import output_shifts, sample_cells, select_cells
-from probes.jacobian import targeted_jacobians
-from probes.knockout import knockout_matrix, load_knockout_matrix
+from probes.embeddings import output_shifts, select_cells
 from probes.representations import Readout, cell_sets, hidden_width, per_set_shifts
-from probes.routing import encoder_jacobians, pert_jacobians, streaming_gram
 from probes.sae import SparseAutoencoder
 
 from . import learnedness
@@ -34,16 +30,6 @@ from .cache import ArrayCache
 from .progress import Progress
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Routing:
-    """One model's dY/d(pert_repr) Jacobians on one cell sample (probes/routing.py)."""
-
-    kds: tuple[str, ...]        # the rows: every perturbation but the control
-    jacobians: np.ndarray       # [K, G, H] float32 (a read-only memmap when cached on disk)
-    gram: np.ndarray            # [K, K] Gram of the flattened Jacobians
-    cells: str                  # how the cells were chosen, in words
 
 
 class RunContext:
@@ -79,12 +65,18 @@ class RunContext:
             self._memo[key] = compute()
         return self._memo[key]
 
-    def stored(self, kind: str, name: str, compute: Callable[[], np.ndarray], **parts: Hashable) -> np.ndarray:
-        """compute() once per run, and once per model fingerprint, parameters and library versions on disk."""
+    def stored(self, kind: str, name: str, compute: Callable[[], T], *, disk: bool = True, **parts: Hashable) -> T:
+        """The one way a probe family asks for a probe output of model `name`: compute() once per run
+        per (kind, name, parts), and, for an array (`disk`), once per model fingerprint, parameters and
+        library versions on disk. `disk=False` keeps it for the run only: an output that is not one
+        array, or one whose disk cache the family keeps itself (the routing Jacobians' memmap)."""
+        if not disk:
+            return self.memo((kind, name, *sorted(parts.items())), compute)
+
         def load() -> np.ndarray:
             key = self.cache.key(kind, fingerprint=self.model(name).fingerprint, **parts)
             found = self.cache.get(key)
-            self._tally(name, found is not None)
+            self.tally(name, found is not None)
             if found is None:        # checked before it is cached, so a NaN never reaches the disk
                 found = require_finite(compute(), kind, name)
                 self.cache.put(key, found)
@@ -92,6 +84,16 @@ class RunContext:
             return require_finite(found, kind, name)
 
         return self.memo((kind, name, *sorted(parts.items())), load)
+
+    def known(self, key: Hashable) -> bool:
+        return key in self._memo
+
+    def remember(self, key: Hashable, value: object) -> None:
+        """Keep a value computed alongside others (one row of a block of Jacobians) for the run."""
+        self._memo[key] = value
+
+    def recall(self, key: Hashable) -> object:
+        return self._memo[key]
 
     def reporter(self, what: str, unit: str) -> Callable[[int, int], None] | None:
         """A (done, total) callback that shows a long probe pass's progress, or None when nobody watches."""
@@ -105,7 +107,8 @@ class RunContext:
         changes = {name: counts - snapshot.get(name, Counter()) for name, counts in self.cache_counts.items()}
         return {name: {"reused": c["reused"], "computed": c["computed"]} for name, c in changes.items() if c}
 
-    def _tally(self, name: str, reused: bool, n: int = 1) -> None:
+    def tally(self, name: str, reused: bool, n: int = 1) -> None:
+        """Count `n` probe outputs of model `name` as reused from disk or computed (the record's `cache`)."""
         self.cache_counts.setdefault(name, Counter())["reused" if reused else "computed"] += n
 
     def audit(self, name: str) -> model_audit.ModelAudit:
@@ -197,117 +200,6 @@ class RunContext:
 
         return self.memo(("sae", name), compute), entry.layer
 
-    def representations(self, name: str, kind: str, layer: int | None, n_sets: int, size: int, seed: int,
-                        n_orderings: int) -> np.ndarray:
-        """[n_sets, n_perts, D] per-set shifts of the `kind` readout (see probes/representations.py)."""
-        model = self.model(name)
-
-        def compute() -> np.ndarray:
-            sae = self.sae(name)[0] if kind == "sae" else None
-            sets = cell_sets(model.cells, n_sets, size, seed)
-            return per_set_shifts(model.module, model.pert_onehots, model.pert_index(model.control_pert), sets,
-                                  Readout(kind, layer, sae), random_orderings(size, n_orderings, seed),
-                                  progress=self.reporter(f"{kind} readouts of {name} ({n_sets} cell sets, "
-                                                         f"{n_orderings} ordering(s))", "set orderings"))
-
-        return self.stored("representations", name, compute, readout=kind, layer=layer, sets=n_sets, size=size,
-                           seed=seed, orderings=n_orderings)
-
-    def jacobians(self, name: str, kds: tuple[str, ...], regulators: tuple[str, ...], mode: str, size: int,
-                  seed: int, n_orderings: int) -> np.ndarray:
-        """[K, R, G] targeted Jacobians (probes/jacobian.py) on `size` seeded control cells. Rows are kept per
-        (KD, regulator) for the run, so another regulator set (a calibration draw) computes only new pairs;
-        on disk per KD and regulator set."""
-        model = self.model(name)
-        settings = (mode, size, seed, n_orderings)
-        row = {(kd, r): ("jacobian", name, kd, r, *settings) for kd in kds for r in regulators}
-        disk = {kd: self.cache.key("targeted_jacobian", fingerprint=model.fingerprint, kd=kd, regulators=regulators,
-                                   mode=mode, size=size, seed=seed, orderings=n_orderings) for kd in kds}
-        for kd in [kd for kd in kds if not self._has_rows(row, kd, regulators)]:
-            found = self.cache.get(disk[kd])
-            if found is not None:
-                self._memo.update({row[kd, r]: found[j] for j, r in enumerate(regulators)})
-                self._tally(name, True)
-        missing = [kd for kd in kds if not self._has_rows(row, kd, regulators)]
-        if missing:
-            wanted = [r for r in regulators if any(row[kd, r] not in self._memo for kd in missing)]
-            block = self._targeted(model, missing, wanted, *settings)
-            for i, kd in enumerate(missing):
-                self._memo.update({row[kd, r]: block[i, j] for j, r in enumerate(wanted)})
-                self.cache.put(disk[kd], np.stack([self._memo[row[kd, r]] for r in regulators]))
-            self._tally(name, False, len(missing))
-        return np.stack([[self._memo[row[kd, r]] for r in regulators] for kd in kds])
-
-    def _has_rows(self, row: dict, kd: str, regulators: tuple[str, ...]) -> bool:
-        return all(row[kd, r] in self._memo for r in regulators)
-
-    def _targeted(self, model: LoadedModel, kds: list[str], regulators: list[str], mode: str, size: int, seed: int,
-                  n_orderings: int) -> np.ndarray:
-        genes = [model.gene_names.index(g) for g in regulators]
-        block = targeted_jacobians(model.module, sample_cells(model.cells, size, seed), pert_reprs(model, kds), genes,
-                                   mode, random_orderings(size, n_orderings, seed),
-                                   progress=self.reporter(f"targeted Jacobians of {model.name} ({mode}, {len(genes)} "
-                                                          "regulators)", "KDs"))
-        return require_finite(block, "targeted Jacobians", model.name)
-
-    def knockouts(self, name: str, genes: tuple[str, ...], perturbation: str, size: int, seed: int,
-                  n_orderings: int) -> tuple[np.ndarray, tuple[str, ...], str]:
-        """(KO matrix [n, G], its row genes, where it came from): the registry's precomputed matrix
-        if the model has one, else the model's prediction with each of `genes` zeroed."""
-        model = self.model(name)
-        entry = self.entry(name).knockout
-        if parse_reinitialised(name)[1] is not None:
-            entry = None    # a file of the trained model's knockouts says nothing about its re-initialised copy
-        if entry is not None:
-            def load() -> tuple[np.ndarray, tuple[str, ...], str]:
-                matrix, rows = load_knockout_matrix(Path(entry.path), Path(entry.genes), model.gene_names)
-                return matrix, tuple(rows), f"precomputed {entry.path}"
-
-            return self.memo(("knockout_file", name), load)
-
-        def compute() -> np.ndarray:
-            cells = sample_cells(model.cells, size, seed)
-            rep = pert_reprs(model, [perturbation])[0]
-            return knockout_matrix(model.module, cells, rep, [model.gene_names.index(g) for g in genes],
-                                   random_orderings(size, n_orderings, seed))
-
-        rows = self.stored("knockout", name, compute, genes=genes, perturbation=perturbation, size=size, seed=seed,
-                           orderings=n_orderings)
-        return rows, genes, f"predicted on {size} control cells under {perturbation}"
-
-    def routing(self, name: str, size: int, seed: int, sampling: str, n_orderings: int) -> Routing:
-        """Every KD's Jacobian and their Gram, from the disk cache when this model, cell sample and
-        ordering count were computed before."""
-        model = self.model(name)
-        parts = dict(fingerprint=model.fingerprint, size=size, seed=seed, sampling=sampling, orderings=n_orderings)
-
-        def compute() -> Routing:
-            kds = model.kd_names
-            cells = select_cells(model.cells, size, seed, sampling)
-            reprs = pert_reprs(model, kds)
-            orders = random_orderings(size, n_orderings, seed)
-            shape = (len(kds), len(model.gene_names), reprs.shape[1])
-            jac_key, gram_key = self.cache.key("pert_jacobians", **parts), self.cache.key("jacobian_gram", **parts)
-            self._tally(name, self.cache.has(jac_key) and self.cache.has(gram_key))
-            jac = self.cache.filled(jac_key, shape,
-                                    lambda out: pert_jacobians(
-                                        model.module, cells, reprs, orders, out=out,
-                                        kd_chunk=kd_chunk(self.device, size, reprs.shape[1]),
-                                        progress=self.reporter(f"routing Jacobians of {name} ({n_orderings} "
-                                                               f"ordering(s), {size} cells)", "KDs")))
-            # a non-finite Jacobian entry makes its KD's squared norm, a diagonal of the Gram, non-finite
-            gram = require_finite(self.cache.array(gram_key, lambda: streaming_gram(jac)), "routing Jacobians", name)
-            return Routing(kds, jac, gram, f"{size} {sampling} control cells, {n_orderings} ordering(s), seed {seed}")
-
-        return self.memo(("routing", name, size, seed, sampling, n_orderings), compute)
-
-    def encoder_jacobians(self, name: str) -> torch.Tensor:
-        """[K, H, P] d pert_repr / d onehot for every KD (rows as in `routing`)."""
-        model = self.model(name)
-        onehots = model.pert_onehots[[model.pert_index(k) for k in model.kd_names]]
-        return self.memo(("encoder_jacobians", name),
-                         lambda: require_finite(encoder_jacobians(model.module, onehots), "encoder Jacobians", name))
-
 
 def _untrained(model: LoadedModel) -> np.ndarray | None:
     """[K] which KDs' one-hot columns of the pert_encoder's first layer never moved in training (None
@@ -359,10 +251,3 @@ def parse_reinitialised(name: str) -> tuple[str, int | None]:
     if not mark or not copy.isdigit():
         return name, None
     return base, zlib.crc32(name.encode())
-
-
-def kd_chunk(device: torch.device, cells: int, hidden: int) -> int:
-    """KDs per Jacobian pass, sized so a pass stays near a fixed amount of work: small models gain from
-    batching KDs (0.72 s -> 0.48 s for 16 demo KDs on CPU); at released shapes one KD fills a CPU."""
-    budget = 2 ** 25 if device.type == "cuda" else 2 ** 19
-    return max(1, budget // (cells * hidden * hidden))

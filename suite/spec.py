@@ -7,7 +7,7 @@ A hypothesis file (one per family, top level of `hypotheses/`)::
     hypotheses:
       - id: pert-embedding-coherence        # lower-case, used in pytest ids
         claim: Same-pathway KDs sit closer in pert_encoder space than random KD sets.
-        probe: pert_embedding_coherence     # one of suite.checks.CHECKS
+        probe: pert_embedding_coherence     # one of suite.families.CHECKS
         axes: {model: all, pathway: all}    # what the hypothesis expands over
         params: {null_model: magnitude_stratified}   # the probe's own parameters (checked per probe)
         pass_rule: {p_below: 0.05, effect_above: 0.0}   # optional; each probe has a default
@@ -45,7 +45,7 @@ from core.errors import SpecError, close_matches, typos_of
 from core.yamlio import LineDict, LineList, read_yaml
 
 from .baseline import DEFAULT_TOLERANCE, METRICS
-from .checks import CHECKS
+from .families import CHECKS
 from .panels import Panel, load_panels
 from .verdicts import PassRule
 

@@ -17,15 +17,17 @@ generic response, and a second model that agrees with the first on every KD.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from suite.cases import Case
-from suite.checks import CHECKS
+from suite.checks.routing import Routing
+from suite.families import CHECKS
 from suite.learnedness import Learnedness
 from suite.panels import Panel
-from suite.session import Routing, RunContext
+from suite.session import RunContext
 from suite.spec import HypothesisSpec
 from suite.verdicts import PassRule
 
@@ -79,8 +81,6 @@ class PlantedRun(RunContext):
     def __init__(self, models: dict[str, PlantedModel], outputs: dict[str, Outputs]) -> None:
         super().__init__({}, torch.device("cpu"), cell_orderings=1)
         self.planted, self.outputs = models, outputs
-        for name, out in outputs.items():
-            self._memo[("pert_embeddings", name)] = out.embeddings
 
     def model(self, name: str) -> PlantedModel:
         return self.planted[name]
@@ -95,36 +95,33 @@ class PlantedRun(RunContext):
         nan = np.full(len(kds), np.nan)
         return Learnedness(kds, nan, nan, nan, np.zeros(len(kds)), untrained, "planted", observed=False)
 
-    def output_shifts(self, name, size, seed, n_orderings, sampling="random") -> np.ndarray:
-        return self.outputs[name].shifts
-
-    def representations(self, name, kind, layer, n_sets, size, seed, n_orderings) -> np.ndarray:
-        return self.outputs[name].per_set[:n_sets]
+    def entry(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(knockout=None, sae=None, perturbed=None)
 
     def sae(self, name):
         return None, 0
 
-    def jacobians(self, name, kds, regulators, mode, size, seed, n_orderings) -> np.ndarray:
+    def stored(self, kind, name, compute, *, disk=True, **parts):
+        """The planted array of each probe output a check asks for (the cells and seeds do not matter)."""
         model, out = self.planted[name], self.outputs[name]
-        rows = [model.pert_index(k) for k in kds]
-        columns = [model.gene_names.index(r) for r in regulators]
-        return out.targeted[rows][:, columns]
-
-    def knockouts(self, name, genes, perturbation, size, seed, n_orderings):
-        model = self.planted[name]
-        rows = [model.gene_names.index(g) for g in genes]
-        return self.outputs[name].knockouts[rows], tuple(genes), "planted"
-
-    def routing(self, name, size, seed, sampling, n_orderings) -> Routing:
-        def compute() -> Routing:
-            jac = self.outputs[name].routing
-            flat = jac.reshape(len(jac), -1).astype(np.float64)
-            return Routing(self.planted[name].kds, jac, flat @ flat.T, "planted")
-
-        return self.memo(("planted_routing", name), compute)      # planted outputs do not depend on the cells
-
-    def encoder_jacobians(self, name: str) -> torch.Tensor:
-        return torch.from_numpy(self.outputs[name].encoder)
+        if kind == "output_shifts":
+            return out.shifts
+        if kind == "representations":
+            return out.per_set[:parts["sets"]]
+        if kind == "targeted_jacobian":
+            rows = [model.pert_index(k) for k in parts["kds"]]
+            return out.targeted[rows][:, [model.gene_names.index(r) for r in parts["regulators"]]]
+        if kind == "knockout":
+            return out.knockouts[[model.gene_names.index(g) for g in parts["genes"]]]
+        if kind == "routing":
+            flat = out.routing.reshape(len(out.routing), -1).astype(np.float64)
+            return self.memo(("planted_routing", name),
+                             lambda: Routing(model.kds, out.routing, flat @ flat.T, "planted"))
+        if kind == "encoder_jacobians":
+            return torch.from_numpy(out.encoder)
+        if kind == "pert_embeddings":
+            return out.embeddings
+        raise AssertionError(f"no planted output of kind {kind!r}")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from suite.cases import ModelInfo, expand_all
+from suite.checks.jacobian import jacobians
 from suite.spec import load_expectations, load_spec_dir
 
 from .helpers import DEMO, ROOT
@@ -220,8 +221,8 @@ def test_the_suites_targeted_jacobians_give_the_oracles_sensitivity_ratio(demo_r
 
     model = demo_run.model("hepg2_fewshot")
     _, regulators, targets, kds, unrelated = JACOBIAN_PANELS[panel]
-    jac = demo_run.jacobians(model.name, tuple(kds) + tuple(unrelated), tuple(regulators), "per_cell", 16, 0,
-                             demo_run.n_orderings(model.name, None))
+    jac = jacobians(demo_run, model.name, tuple(kds) + tuple(unrelated), tuple(regulators), "per_cell", 16, 0,
+                    demo_run.n_orderings(model.name, None))
     block = np.abs(jac[:, :, [model.gene_names.index(g) for g in targets]])
     ratio = block[:len(kds)].mean() / block[len(kds):].mean()
     oracle = TRUTH["learned"][model.name]["targeted_sensitivity"][panel]["ratio"]

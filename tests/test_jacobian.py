@@ -173,8 +173,9 @@ class _Jacobians:
 
         return from_checkpoint(self.m.kd_names, np.zeros(len(self.m.kd_names), dtype=bool), "every KD trained")
 
-    def jacobians(self, name, kds, regulators, mode, size, seed, n_orderings):
-        return np.stack([[self.jac[k][r] for r in regulators] for k in kds])
+    def stored(self, kind, name, compute, *, disk=True, **parts):
+        assert kind == "targeted_jacobian", kind
+        return np.stack([[self.jac[k][r] for r in parts["regulators"]] for k in parts["kds"]])
 
 
 def _case(write, pathway_kds, unrelated_kds, probe="targeted_jacobian"):
@@ -212,7 +213,7 @@ def _sensitivities(pathway_kds, unrelated_kds, elevated, seed=0):
 def _evaluate(case, ctx):
     """(verdict, reason, evidence) of the case's check, as suite/runner.py decides it."""
     from core.errors import Inconclusive
-    from suite.checks import CHECKS
+    from suite.families import CHECKS
 
     try:
         evidence = CHECKS[case.spec.probe].run(case, ctx)

@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 from core.errors import ModelLoadError
 from probes.forward import arc_state_forward
 from probes.knockout import knockout_matrix, load_knockout_matrix
-from suite.checks.knockout import per_gene_spearman
+from suite.checks.knockout import knockouts, per_gene_spearman
 from suite.session import RunContext
 
 
@@ -61,7 +61,7 @@ def test_registry_precomputed_matrix_is_used_instead_of_the_model(demo_registry,
     np.save(tmp_path / "ko.npy", np.arange(400, dtype=float).reshape(2, 200))
     registry = {"j": replace(entry, name="j", knockout=KnockoutEntry(str(tmp_path / "ko.npy"),
                                                                       str(tmp_path / "genes.txt")))}
-    matrix, rows, source = RunContext(registry, torch.device("cpu")).knockouts("j", ("X",), "non-targeting", 32, 0, 1)
+    matrix, rows, source = knockouts(RunContext(registry, torch.device("cpu")), "j", ("X",), "non-targeting", 32, 0, 1)
     assert rows == ("RPL3", "MYC") and matrix[1, 0] == 200 and source.startswith("precomputed")
 
 
@@ -76,7 +76,7 @@ def test_a_reinitialised_copy_computes_its_knockouts_instead_of_reading_the_trai
     registry = {"j": replace(entry, name="j", knockout=KnockoutEntry(str(tmp_path / "ko.npy"),
                                                                       str(tmp_path / "genes.txt")))}
     ctx = RunContext(registry, torch.device("cpu"))
-    matrix, rows, source = ctx.knockouts(reinitialised_name("j", 0), ("RPL3", "MYC"), "non-targeting", 32, 0, 1)
+    matrix, rows, source = knockouts(ctx, reinitialised_name("j", 0), ("RPL3", "MYC"), "non-targeting", 32, 0, 1)
     assert rows == ("RPL3", "MYC") and source.startswith("predicted")
     assert matrix.shape == (2, 200) and not np.array_equal(matrix, np.arange(400).reshape(2, 200))
 

@@ -53,3 +53,48 @@ def test_the_layering_check_sees_a_wrong_import():
     tree = ast.parse("from typing import TYPE_CHECKING\nimport suite.plugin\nif TYPE_CHECKING:\n    import reports\n"
                      "def f():\n    from probes import forward\n")
     assert _runtime_imports(tree) == {"typing", "suite", "probes"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_level_imports(path: Path, names: set[str]) -> set[str]:
+    """The project modules this module imports as it is itself imported (the imports that can close
+    a cycle: one inside a function runs later, once every module is initialised)."""
+    here = _module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            targets = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        found |= {t for t in targets if t in names}
+    return found - {here}
+
+
+def test_no_module_imports_itself_back_through_a_cycle():
+    paths = [p for package in PACKAGES for p in _modules(package)]
+    names = {_module_name(p) for p in paths}
+    graph = {_module_name(p): _module_level_imports(p, names) for p in paths}
+    state: dict[str, int] = {}           # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path, node, nxt]
+            if nxt not in state and (cycle := visit(nxt, [*path, node])):
+                return cycle
+        state[node] = 2
+        return None
+
+    cycles = [c for node in sorted(graph) if node not in state and (c := visit(node, []))]
+    assert not cycles, f"import cycle: {' -> '.join(cycles[0])}"
+    assert "suite.families" in graph["suite.checks.routing"]        # the walk sees relative imports

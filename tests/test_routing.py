@@ -170,7 +170,7 @@ def test_a_re_initialised_model_does_not_pass_a_whole_model_routing_check(write,
     """An untrained copy of a demo model clears the seeds' rule (r > 0.3, Mantel p < 0.05) as the
     trained model does; what it cannot do is beat its own re-initialised copies more than by chance,
     and here it does not: the selectivity condition fails it."""
-    from suite.checks import CHECKS
+    from suite.families import CHECKS
     from suite.verdicts import decide
 
     case = _whole_model_case(write, probe)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import SpecError
-from suite.checks import CHECKS
+from suite.families import CHECKS
 from suite.spec import HypothesisSpec, load_spec_file
 
 from .helpers import PANELS

@@ -31,10 +31,15 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from core.errors import Inconclusive
+from probes.audit import random_orderings
+from probes.embeddings import sample_cells
+from probes.jacobian import targeted_jacobians
 
 from .. import matrix_tests
+from ..families import Card, Check, Family
+from ..session import pert_reprs, require_finite
 from ..verdicts import Evidence
-from . import Check, common
+from . import common
 from .members import resolve_members
 
 if TYPE_CHECKING:
@@ -185,9 +190,56 @@ def _prepare(case: Case, ctx: RunContext, p: JacobianParams) -> tuple[LoadedMode
     design = _design(case, ctx, model, p)
     size = p.cell_set_size or model.cell_set_len
     regulators = tuple(dict.fromkeys(design.regulators + design.null_regulators))
-    jac = ctx.jacobians(model.name, tuple(design.pathway_kds + design.unrelated_kds), regulators, p.mode, size,
-                        p.seed, ctx.n_orderings(model.name, p.cell_orderings))
+    jac = jacobians(ctx, model.name, tuple(design.pathway_kds + design.unrelated_kds), regulators, p.mode, size,
+                    p.seed, ctx.n_orderings(model.name, p.cell_orderings))
     return model, design, jac
+
+
+def jacobians(ctx: RunContext, name: str, kds: tuple[str, ...], regulators: tuple[str, ...], mode: str, size: int,
+              seed: int, n_orderings: int) -> np.ndarray:
+    """[K, R, G] targeted Jacobians (probes/jacobian.py) on `size` seeded control cells. Rows are kept per
+    (KD, regulator) for the run, so another regulator set (a calibration draw) computes only new pairs;
+    on disk per KD and regulator set."""
+    model = ctx.model(name)
+    settings = (mode, size, seed, n_orderings)
+
+    def compute() -> np.ndarray:
+        row = {(kd, r): ("jacobian", name, kd, r, *settings) for kd in kds for r in regulators}
+        disk = {kd: ctx.cache.key("targeted_jacobian", fingerprint=model.fingerprint, kd=kd, regulators=regulators,
+                                  mode=mode, size=size, seed=seed, orderings=n_orderings) for kd in kds}
+        for kd in [kd for kd in kds if not _has_rows(ctx, row, kd, regulators)]:
+            found = ctx.cache.get(disk[kd])
+            if found is not None:
+                for j, r in enumerate(regulators):
+                    ctx.remember(row[kd, r], found[j])
+                ctx.tally(name, True)
+        missing = [kd for kd in kds if not _has_rows(ctx, row, kd, regulators)]
+        if missing:
+            wanted = [r for r in regulators if any(not ctx.known(row[kd, r]) for kd in missing)]
+            block = _targeted(ctx, model, missing, wanted, *settings)
+            for i, kd in enumerate(missing):
+                for j, r in enumerate(wanted):
+                    ctx.remember(row[kd, r], block[i, j])
+                ctx.cache.put(disk[kd], np.stack([ctx.recall(row[kd, r]) for r in regulators]))
+            ctx.tally(name, False, len(missing))
+        return np.stack([[ctx.recall(row[kd, r]) for r in regulators] for kd in kds])
+
+    return ctx.stored("targeted_jacobian", name, compute, disk=False, kds=kds, regulators=regulators, mode=mode,
+                      size=size, seed=seed, orderings=n_orderings)
+
+
+def _has_rows(ctx: RunContext, row: dict, kd: str, regulators: tuple[str, ...]) -> bool:
+    return all(ctx.known(row[kd, r]) for r in regulators)
+
+
+def _targeted(ctx: RunContext, model: LoadedModel, kds: list[str], regulators: list[str], mode: str, size: int,
+              seed: int, n_orderings: int) -> np.ndarray:
+    genes = [model.gene_names.index(g) for g in regulators]
+    block = targeted_jacobians(model.module, sample_cells(model.cells, size, seed), pert_reprs(model, kds), genes,
+                               mode, random_orderings(size, n_orderings, seed),
+                               progress=ctx.reporter(f"targeted Jacobians of {model.name} ({mode}, {len(genes)} "
+                                                     "regulators)", "KDs"))
+    return require_finite(block, "targeted Jacobians", model.name)
 
 
 def _design(case: Case, ctx: RunContext, model: LoadedModel, p: JacobianParams) -> PanelDesign:
@@ -317,10 +369,10 @@ def _sizes(p: JacobianParams, design: PanelDesign, ctx: RunContext, model: Loade
             "cell_orderings": ctx.n_orderings(model.name, p.cell_orderings)}
 
 
-CHECKS = (
-    Check("targeted_jacobian", ("model", "pathway"), JacobianParams, panel_test,
-          "dY[target]/dX[regulator] higher under pathway KDs than unrelated KDs, for the pathway's targets only",
-          side="routed"),
-    Check("jacobian_routing_score", ("model", "pathway"), RoutingParams, routing_score,
-          "a per-KD score of pathway vs matched null sensitivity separates the pathway's KDs", side="routed"),
-)
+FAMILY = Family("targeted_jacobian", (
+        Check("targeted_jacobian", ("model", "pathway"), JacobianParams, panel_test,
+              "dY[target]/dX[regulator] higher under pathway KDs than unrelated KDs, for the pathway's targets only",
+              side="routed"),
+        Check("jacobian_routing_score", ("model", "pathway"), RoutingParams, routing_score,
+              "a per-KD score of pathway vs matched null sensitivity separates the pathway's KDs", side="routed"),
+    ), Card(settings=("mode", "cell_set_size")))

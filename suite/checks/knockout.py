@@ -24,16 +24,22 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy.stats import rankdata
 
 from core.errors import Inconclusive
+from probes.audit import random_orderings
+from probes.embeddings import sample_cells
+from probes.knockout import knockout_matrix, load_knockout_matrix
 
 from .. import stats
+from ..families import Card, Check, Family
+from ..session import parse_reinitialised, pert_reprs
 from ..verdicts import Evidence, PassRule
-from . import Check, common
+from . import common
 from .common import NullParams
 from .members import resolve_members
 
@@ -153,8 +159,34 @@ def _knockouts(ctx: RunContext, model: LoadedModel, case: Case, p: KnockoutParam
     perturbation = p.perturbation or model.control_pert
     if perturbation not in model.pert_names:
         raise Inconclusive(f"perturbation '{perturbation}' is not in model '{model.name}'")
-    return ctx.knockouts(model.name, _ko_genes(case, models, p), perturbation, size, p.seed,
+    return knockouts(ctx, model.name, _ko_genes(case, models, p), perturbation, size, p.seed,
                          ctx.n_orderings(model.name, p.cell_orderings))
+
+
+def knockouts(ctx: RunContext, name: str, genes: tuple[str, ...], perturbation: str, size: int, seed: int,
+              n_orderings: int) -> tuple[np.ndarray, tuple[str, ...], str]:
+    """(KO matrix [n, G], its row genes, where it came from): the registry's precomputed matrix
+    if the model has one, else the model's prediction with each of `genes` zeroed."""
+    model = ctx.model(name)
+    entry = ctx.entry(name).knockout
+    if parse_reinitialised(name)[1] is not None:
+        entry = None    # a file of the trained model's knockouts says nothing about its re-initialised copy
+    if entry is not None:
+        def load() -> tuple[np.ndarray, tuple[str, ...], str]:
+            matrix, rows = load_knockout_matrix(Path(entry.path), Path(entry.genes), model.gene_names)
+            return matrix, tuple(rows), f"precomputed {entry.path}"
+
+        return ctx.stored("knockout_file", name, load, disk=False)
+
+    def compute() -> np.ndarray:
+        cells = sample_cells(model.cells, size, seed)
+        rep = pert_reprs(model, [perturbation])[0]
+        return knockout_matrix(model.module, cells, rep, [model.gene_names.index(g) for g in genes],
+                               random_orderings(size, n_orderings, seed))
+
+    rows = ctx.stored("knockout", name, compute, genes=genes, perturbation=perturbation, size=size, seed=seed,
+                      orderings=n_orderings)
+    return rows, genes, f"predicted on {size} control cells under {perturbation}"
 
 
 def _ko_genes(case: Case, models: list[LoadedModel], p: KnockoutParams) -> tuple[str, ...]:
@@ -190,10 +222,10 @@ def _coherence_rule(_params: KnockoutParams) -> PassRule:
     return PassRule(p_below=0.05, effect_above=0.1)
 
 
-CHECKS = (
-    Check("knockout_cross_line", ("model_pair", "pathway"), KnockoutParams, cross_line,
-          "zeroing a pathway gene shifts the outputs alike in two models (mean Spearman r > 0.4, beating random "
-          "genes)", _cross_line_rule),
-    Check("knockout_coherence", ("model", "pathway"), KnockoutParams, coherence,
-          "a pathway's genes have similar KO profiles in one model", _coherence_rule, side="routed"),
-)
+FAMILY = Family("knockout", (
+        Check("knockout_cross_line", ("model_pair", "pathway"), KnockoutParams, cross_line,
+              "zeroing a pathway gene shifts the outputs alike in two models (mean Spearman r > 0.4, beating random "
+              "genes)", _cross_line_rule),
+        Check("knockout_coherence", ("model", "pathway"), KnockoutParams, coherence,
+              "a pathway's genes have similar KO profiles in one model", _coherence_rule, side="routed"),
+    ), Card(settings=("cell_set_size", "null_model"), reference="mean_r_all_genes"))

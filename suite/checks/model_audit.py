@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..families import Card, Check, Family
 from ..verdicts import Evidence, PassRule
-from . import Check
 
 if TYPE_CHECKING:
     from ..cases import Case
@@ -63,8 +63,8 @@ def default_rule(p: AuditParams) -> PassRule:
     return PassRule(p_below=None, effect_above=None, statistic_above=0.5)
 
 
-CHECKS = (
-    Check("model_audit", ("model",), AuditParams, audit_check,
-          "what the checkpoint computes: attention direction, order dependence, determinism, ...", default_rule,
-          calibrated=False),
-)
+FAMILY = Family("model_audit", (
+        Check("model_audit", ("model",), AuditParams, audit_check,
+              "what the checkpoint computes: attention direction, order dependence, determinism, ...", default_rule,
+              calibrated=False),
+    ), Card())

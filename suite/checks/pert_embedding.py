@@ -28,8 +28,9 @@ from scipy.stats import binomtest
 from probes.embeddings import pert_embeddings
 
 from .. import stats
+from ..families import Card, Check, Family
 from ..verdicts import Evidence
-from . import Check, common
+from . import common
 from .common import NullParams
 
 if TYPE_CHECKING:
@@ -149,7 +150,8 @@ def _kd_similarity(ctx: RunContext, model: LoadedModel, center: str) -> np.ndarr
 
 
 def _embeddings(ctx: RunContext, model: LoadedModel) -> np.ndarray:
-    return ctx.memo(("pert_embeddings", model.name), lambda: pert_embeddings(model.module, model.pert_onehots))
+    return ctx.stored("pert_embeddings", model.name, lambda: pert_embeddings(model.module, model.pert_onehots),
+                      disk=False)
 
 
 def _restrict(ctx: RunContext, model: LoadedModel, kds: list[str], center: str) -> np.ndarray:
@@ -205,9 +207,9 @@ def _sizes(p, scope: common.Scope, model: LoadedModel, ctx: RunContext) -> dict[
 
 
 
-CHECKS = (
-    Check("pert_embedding_coherence", ("model", "pathway"), CoherenceParams, coherence,
-          "pathway KDs closer in pert_encoder space than random KD sets", side="organized"),
-    Check("pert_embedding_consistency", ("model_pair", "pathway"), ConsistencyParams, consistency,
-          "pathway KDs keep their nearest neighbours across two models"),
-)
+FAMILY = Family("pert_embedding", (
+        Check("pert_embedding_coherence", ("model", "pathway"), CoherenceParams, coherence,
+              "pathway KDs closer in pert_encoder space than random KD sets", side="organized"),
+        Check("pert_embedding_consistency", ("model_pair", "pathway"), ConsistencyParams, consistency,
+              "pathway KDs keep their nearest neighbours across two models"),
+    ), Card(settings=("cell_set_size", "null_model")))

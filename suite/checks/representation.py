@@ -31,10 +31,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from core.errors import Inconclusive
+from probes.audit import random_orderings
+from probes.representations import Readout, cell_sets, per_set_shifts
 
 from .. import stats
+from ..families import Card, Check, Family
 from ..verdicts import Evidence, PassRule
-from . import Check, common
+from . import common
 from .common import NullParams
 
 if TYPE_CHECKING:
@@ -190,11 +193,28 @@ def _representation(ctx: RunContext, name: str, p: RepresentationParams) -> tupl
     model = ctx.model(name)
     layer = ctx.sae(name)[1] if p.representation == "sae" else p.layer
     size = p.cell_set_size or model.cell_set_len
-    per_set = ctx.representations(name, KIND[p.representation], layer, p.n_cell_sets, size, p.seed,
-                                  ctx.n_orderings(name, p.cell_orderings))
+    per_set = representations(ctx, name, KIND[p.representation], layer, p.n_cell_sets, size, p.seed,
+                              ctx.n_orderings(name, p.cell_orderings))
     rows = [model.pert_index(k) for k in model.kd_names]
     label = {"output_shift": "ΔY", "layer": f"layer-{layer} shift", "sae": f"SAE-feature shift (layer {layer})"}
     return model, per_set[:, rows, :], label[p.representation]
+
+
+def representations(ctx: RunContext, name: str, kind: str, layer: int | None, n_sets: int, size: int, seed: int,
+                    n_orderings: int) -> np.ndarray:
+    """[n_sets, n_perts, D] per-set shifts of the `kind` readout (see probes/representations.py)."""
+    model = ctx.model(name)
+
+    def compute() -> np.ndarray:
+        sae = ctx.sae(name)[0] if kind == "sae" else None
+        sets = cell_sets(model.cells, n_sets, size, seed)
+        return per_set_shifts(model.module, model.pert_onehots, model.pert_index(model.control_pert), sets,
+                              Readout(kind, layer, sae), random_orderings(size, n_orderings, seed),
+                              progress=ctx.reporter(f"{kind} readouts of {name} ({n_sets} cell sets, "
+                                                    f"{n_orderings} ordering(s))", "set orderings"))
+
+    return ctx.stored("representations", name, compute, readout=kind, layer=layer, sets=n_sets, size=size,
+                      seed=seed, orderings=n_orderings)
 
 
 def _scope(case: Case, ctx: RunContext, models: list[str], available, universe, p: RepresentationParams):
@@ -212,12 +232,12 @@ def _effect_rule(_params: RepresentationParams) -> PassRule:
     return PassRule(p_below=0.05, effect_above=0.1)
 
 
-CHECKS = (
-    Check("representation_coherence", ("model", "pathway"), RepresentationParams, coherence,
-          "pathway KDs closer in a representation (ΔY, layer, SAE) than random KD sets", _effect_rule, validate,
-          side="organized"),
-    Check("representation_clusters", ("model", "pathway"), ClusterParams, clusters,
-          "pathway KDs enriched in one cluster of a representation", validate=validate, side="organized"),
-    Check("representation_consistency", ("model_pair", "pathway"), ConsistencyParams, consistency,
-          "pathway KDs keep their nearest KDs in a representation across two models", _effect_rule, validate),
-)
+FAMILY = Family("representation", (
+        Check("representation_coherence", ("model", "pathway"), RepresentationParams, coherence,
+              "pathway KDs closer in a representation (ΔY, layer, SAE) than random KD sets", _effect_rule, validate,
+              side="organized"),
+        Check("representation_clusters", ("model", "pathway"), ClusterParams, clusters,
+              "pathway KDs enriched in one cluster of a representation", validate=validate, side="organized"),
+        Check("representation_consistency", ("model_pair", "pathway"), ConsistencyParams, consistency,
+              "pathway KDs keep their nearest KDs in a representation across two models", _effect_rule, validate),
+    ), Card(settings=("representation", "layer", "cell_set_size", "null_model")))

@@ -31,16 +31,28 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import torch
 from scipy.stats import rankdata
 
 from core.errors import Inconclusive
-from probes.embeddings import CELL_SAMPLINGS
-from probes.routing import centered_cosine, compare_onehot_routing, gram_cosine, svd_axes
+from probes.audit import random_orderings
+from probes.embeddings import CELL_SAMPLINGS, select_cells
+from probes.routing import (
+    centered_cosine,
+    compare_onehot_routing,
+    encoder_jacobians,
+    gram_cosine,
+    kd_chunk,
+    pert_jacobians,
+    streaming_gram,
+    svd_axes,
+)
 
 from .. import matrix_tests, stats
-from ..session import reinitialised_name
+from ..families import Card, Check, Family
+from ..session import pert_reprs, reinitialised_name, require_finite
 from ..verdicts import Evidence, PassRule, decide
-from . import Check, common
+from . import common
 from .common import NullParams
 from .members import resolve_members
 
@@ -48,7 +60,7 @@ if TYPE_CHECKING:
     from fixtures.arc_state import LoadedModel
 
     from ..cases import Case
-    from ..session import Routing, RunContext
+    from ..session import RunContext
 
 
 @dataclass(frozen=True)
@@ -327,7 +339,8 @@ def _comparison(case: Case, ctx: RunContext, p: RoutingParams):
         pert_a, pert_b = _positions(a.pert_names), _positions(b.pert_names)
         vocab = [k for k in a.pert_names if k in pert_b]
         cmp = compare_onehot_routing(
-            ra.jacobians[ia], ctx.encoder_jacobians(a.name)[ia], rb.jacobians[ib], ctx.encoder_jacobians(b.name)[ib],
+            ra.jacobians[ia], encoder_jacobians_of(ctx, a.name)[ia],
+            rb.jacobians[ib], encoder_jacobians_of(ctx, b.name)[ib],
             [gene_a[g] for g in genes], [gene_b[g] for g in genes], [pert_a[k] for k in vocab],
             [pert_b[k] for k in vocab])
         magnitude = sum(np.linalg.norm(d, axis=1) / np.linalg.norm(d, axis=1).mean() for d in (dya[ia], dyb[ib]))
@@ -397,6 +410,57 @@ def _stability_settings(model: LoadedModel, p: RoutingParams, default: tuple[int
     return kept, dropped
 
 
+# ---- probe outputs ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Routing:
+    """One model's dY/d(pert_repr) Jacobians on one cell sample (probes/routing.py)."""
+
+    kds: tuple[str, ...]        # the rows: every perturbation but the control
+    jacobians: np.ndarray       # [K, G, H] float32 (a read-only memmap when cached on disk)
+    gram: np.ndarray            # [K, K] Gram of the flattened Jacobians
+    cells: str                  # how the cells were chosen, in words
+
+
+def routing_jacobians(ctx: RunContext, name: str, size: int, seed: int, sampling: str, n_orderings: int) -> Routing:
+    """Every KD's Jacobian and their Gram, from the disk cache when this model, cell sample and
+    ordering count were computed before (a memmap filled KD chunk by KD chunk, so the run never
+    holds [K, G, H] twice)."""
+    model = ctx.model(name)
+
+    def compute() -> Routing:
+        parts = dict(fingerprint=model.fingerprint, size=size, seed=seed, sampling=sampling, orderings=n_orderings)
+        kds = model.kd_names
+        cells = select_cells(model.cells, size, seed, sampling)
+        reprs = pert_reprs(model, kds)
+        orders = random_orderings(size, n_orderings, seed)
+        shape = (len(kds), len(model.gene_names), reprs.shape[1])
+        jac_key, gram_key = ctx.cache.key("pert_jacobians", **parts), ctx.cache.key("jacobian_gram", **parts)
+        ctx.tally(name, ctx.cache.has(jac_key) and ctx.cache.has(gram_key))
+        jac = ctx.cache.filled(jac_key, shape,
+                               lambda out: pert_jacobians(
+                                   model.module, cells, reprs, orders, out=out,
+                                   kd_chunk=kd_chunk(ctx.device, size, reprs.shape[1]),
+                                   progress=ctx.reporter(f"routing Jacobians of {name} ({n_orderings} "
+                                                         f"ordering(s), {size} cells)", "KDs")))
+        # a non-finite Jacobian entry makes its KD's squared norm, a diagonal of the Gram, non-finite
+        gram = require_finite(ctx.cache.array(gram_key, lambda: streaming_gram(jac)), "routing Jacobians", name)
+        return Routing(kds, jac, gram, f"{size} {sampling} control cells, {n_orderings} ordering(s), seed {seed}")
+
+    return ctx.stored("routing", name, compute, disk=False, size=size, seed=seed, sampling=sampling,
+                      orderings=n_orderings)
+
+
+def encoder_jacobians_of(ctx: RunContext, name: str) -> torch.Tensor:
+    """[K, H, P] d pert_repr / d onehot for every KD (rows as in `routing_jacobians`)."""
+    def compute() -> torch.Tensor:
+        model = ctx.model(name)
+        onehots = model.pert_onehots[[model.pert_index(k) for k in model.kd_names]]
+        return require_finite(encoder_jacobians(model.module, onehots), "encoder Jacobians", name)
+
+    return ctx.stored("encoder_jacobians", name, compute, disk=False)
+
+
 # ---- shared -----------------------------------------------------------------------------------
 
 def _setting(ctx: RunContext, name: str, p: RoutingParams) -> tuple[int, str]:
@@ -409,7 +473,7 @@ def _routing_and_shifts(ctx: RunContext, name: str, p: RoutingParams, setting: t
     model = ctx.model(name)
     size, sampling = setting
     orderings = ctx.n_orderings(name, p.cell_orderings)
-    routing = ctx.routing(name, size, p.seed, sampling, orderings)
+    routing = routing_jacobians(ctx, name, size, p.seed, sampling, orderings)
     shifts = ctx.output_shifts(name, size, p.seed, orderings, sampling)
     return routing, shifts[[model.pert_index(k) for k in routing.kds]]
 
@@ -448,22 +512,22 @@ def _stability_rule(_p: RoutingParams) -> PassRule:
     return PassRule(p_below=None, effect_above=None, statistic_above=0.999)
 
 
-CHECKS = (
-    Check("routing_output_correlation", ("model",), RoutingParams, output_correlation,
-          "KDs with similar ΔY have similar dY/d(pert_repr) Jacobians (Mantel r > 0.3)", _seeds_rule, validate),
-    Check("routing_cluster_sharing", ("model",), RoutingParams, cluster_sharing,
-          "KDs in one ΔY cluster share routing more than KDs in different clusters", _p_rule, validate),
-    Check("routing_axes", ("model", "pathway"), RoutingParams, axes,
-          "a top SVD axis of the Jacobians separates the pathway's KDs or loads on its genes", _p_rule, validate,
-          side="routed"),
-    Check("routing_divergence", ("model_pair", "pathway"), RoutingParams, divergence,
-          "the pathway's KDs' routing differs between two models more than KDs of similar magnitude (NB05)",
-          _p_rule, validate),
-    Check("routing_consistency", ("model_pair", "pathway"), RoutingParams, consistency,
-          "the pathway's KDs' routing agrees between two models more than KDs of similar magnitude (NB08)",
-          _p_rule, validate),
-    Check("routing_stability", ("model",), RoutingParams, stability,
-          "a routing verdict holds under other cell samplings and cell-set sizes (NB09/NB10)", _stability_rule,
-          validate, calibrated=False),
-)
-CHECKS_BY_NAME = {c.name: c for c in CHECKS}
+FAMILY = Family("routing", (
+        Check("routing_output_correlation", ("model",), RoutingParams, output_correlation,
+              "KDs with similar ΔY have similar dY/d(pert_repr) Jacobians (Mantel r > 0.3)", _seeds_rule, validate),
+        Check("routing_cluster_sharing", ("model",), RoutingParams, cluster_sharing,
+              "KDs in one ΔY cluster share routing more than KDs in different clusters", _p_rule, validate),
+        Check("routing_axes", ("model", "pathway"), RoutingParams, axes,
+              "a top SVD axis of the Jacobians separates the pathway's KDs or loads on its genes", _p_rule, validate,
+              side="routed"),
+        Check("routing_divergence", ("model_pair", "pathway"), RoutingParams, divergence,
+              "the pathway's KDs' routing differs between two models more than KDs of similar magnitude (NB05)",
+              _p_rule, validate),
+        Check("routing_consistency", ("model_pair", "pathway"), RoutingParams, consistency,
+              "the pathway's KDs' routing agrees between two models more than KDs of similar magnitude (NB08)",
+              _p_rule, validate),
+        Check("routing_stability", ("model",), RoutingParams, stability,
+              "a routing verdict holds under other cell samplings and cell-set sizes (NB09/NB10)", _stability_rule,
+              validate, calibrated=False),
+    ), Card(settings=("cell_sampling", "cell_set_size", "null_model"), reference="mean_r_all_kds"))
+CHECKS_BY_NAME = {c.name: c for c in FAMILY.checks}
