@@ -14,11 +14,10 @@ from suite.cache import ArrayCache
 from suite.calibration import Calibration
 from suite.cases import Case
 from suite.keeper import RECORD
-from suite.plugin import STATE, collect_cases, marks_for, terminal_progress
+from suite.plugin import STATE, collect_cases, terminal_progress
 from suite.runinfo import versions
-from suite.runner import skeleton
 from suite.session import RunContext
-from suite.verdicts import CaseResult
+from suite.verdicts import CaseResult, marks_for, skeleton
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

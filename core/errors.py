@@ -16,7 +16,7 @@
 
     AssertionError (pytest's failure)
     ├── HypothesisFailed           a case whose verdict is fail: the claim and the numbers
-    └── Regression                 a verdict that changed since --baseline (both in suite/plugin.py,
+    └── Regression                 a verdict that changed since --baseline (both in suite/verdicts.py,
                                    the layer that turns verdicts into pytest outcomes)
 
 Spec and model errors stop the run or the case loudly; an Inconclusive is an honest

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m reports render reports/latest          # re-render a run's files from its verdicts.json
     .venv/bin/python -m reports promote reports latest         # make a run (latest, a run id, a folder) the baseline
+    .venv/bin/python -m reports diff RUN_A RUN_B               # every field two runs' records differ in, timing aside
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 
 from . import history
+from .compare import differences
 from .record import write_run
 
 
@@ -27,6 +29,18 @@ def promote(root: Path, which: str) -> None:
     print(f"{root / 'baseline'} -> {folder}")
 
 
+def diff(first: Path, second: Path) -> int:
+    found = differences(*(json.loads(_record(f).read_text()) for f in (first, second)))
+    for line in found:
+        print(line)
+    print(f"{len(found)} difference(s) between {first} and {second} (timing and the run's id aside)")
+    return 1 if found else 0
+
+
+def _record(folder: Path) -> Path:
+    return folder if folder.suffix == ".json" else folder / "verdicts.json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -35,10 +49,15 @@ def main() -> None:
     promoting = commands.add_parser("promote", help="make a kept run the baseline (REPORTS_DIR/baseline)")
     promoting.add_argument("root", type=Path, help="the reports folder (--report-dir of the runs)")
     promoting.add_argument("run", help="latest, a run id, or a run folder")
+    differing = commands.add_parser("diff", help="list every field two runs' verdicts.json differ in, timing aside")
+    differing.add_argument("first", type=Path, help="a run folder or its verdicts.json")
+    differing.add_argument("second", type=Path)
     args = parser.parse_args()
     try:
         if args.command == "render":
             render(args.folder)
+        elif args.command == "diff":
+            parser.exit(diff(args.first, args.second))
         else:
             promote(args.root, args.run)
     except FileNotFoundError as exc:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import SpecError, repeated
 
 if TYPE_CHECKING:
-    from .verdicts import CaseResult
+    pass
 
 DEFAULT_TOLERANCE = {"effect": 0.05}
 METRICS = ("value", "effect", "p")
@@ -85,23 +85,21 @@ def compare(case: dict[str, Any], old: dict[str, Any] | None, tolerance: dict[st
     return Change("drift" if moved else "steady", kept, moved)
 
 
-def note_change(record: CaseResult, baseline: Baseline) -> None:
-    """Fill a record's baseline verdict and its change since the baseline."""
-    old = baseline.cases.get(record.case_id)
-    record.baseline = old["verdict"] if old else None
-    record.change = compare(record.to_dict(), old, record.tolerance).to_dict()
+def change_since(case: dict[str, Any], baseline: Baseline) -> tuple[str | None, dict[str, Any]]:
+    """(the baseline's verdict of this case or None, its change since the baseline as Change.to_dict())."""
+    old = baseline.cases.get(case["case_id"])
+    return (old["verdict"] if old else None), compare(case, old, case.get("tolerance") or {}).to_dict()
 
 
-def against_baseline(baseline: Baseline, records: list[CaseResult], models: dict[str, dict]) -> dict[str, Any]:
+def against_baseline(baseline: Baseline, cases: list[dict[str, Any]], models: dict[str, dict]) -> dict[str, Any]:
     """The run's side of the comparison: which baseline, which models changed, which cases are gone.
-    Records that errored before the test compared them are compared here."""
-    for record in records:
-        if record.change is None:
-            note_change(record, baseline)
-    current = {r.case_id for r in records}
+    Cases that errored before the test compared them are compared here."""
+    for case in cases:
+        if case.get("change") is None:
+            case["baseline"], case["change"] = change_since(case, baseline)
     return {"id": baseline.run_id, "folder": str(baseline.folder),
             "fingerprint_changes": fingerprint_changes(baseline, models),
-            "gone": sorted(set(baseline.cases) - current)}
+            "gone": sorted(set(baseline.cases) - {c["case_id"] for c in cases})}
 
 
 def regression_message(case: dict[str, Any], change: dict[str, Any], baseline_id: str) -> str:

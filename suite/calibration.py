@@ -30,9 +30,8 @@ from scipy.stats import binomtest
 from .cases import Case
 from .families import CHECKS
 from .panels import Panel
-from .runner import evaluate
 from .session import RunContext, reinitialised_name
-from .verdicts import ALPHA
+from .verdicts import ALPHA, evaluate
 
 NULL_BOOTSTRAP = 0     # no pass rule reads the bootstrap CI
 

@@ -25,13 +25,14 @@ from .families import CHECKS
 from .runinfo import run_info
 from .stats import benjamini_hochberg
 from .synthesis import synthesize
-from .verdicts import CaseResult
+from .verdicts import CaseResult, error_message, finite, outcome_of
 
 if TYPE_CHECKING:
     from .plugin import SuiteState
 
 RECORD_LOST = 6     # exit code: the cases ran but the run's record could not be written
-PROPERTY = "st_case"
+PROPERTY = "st_case"           # a case's record, as JSON, on its test report (xdist carries it)
+AUDITS = "st_audits"           # the audit records of the case's models, beside it (RunContext.audit_record)
 EXPLORATORY = "st_exploratory"
 RECORD = pytest.StashKey[CaseResult]()
 
@@ -41,7 +42,8 @@ class RecordKeeper:
 
     def __init__(self, state: SuiteState) -> None:
         self.state = state
-        self.records: dict[str, CaseResult] = {}
+        self.records: dict[str, dict[str, Any]] = {}      # case_id -> the case's record (verdicts.json row)
+        self.audits: dict[str, dict[str, Any]] = {}       # model -> its audit record
         self.html: Path | None = None
         self.run: dict[str, Any] = {}
         self.lost: str | None = None     # why the record could not be written
@@ -52,6 +54,9 @@ class RecordKeeper:
         record = item.stash.get(RECORD, None)
         if record is not None:
             report.user_properties.append((PROPERTY, json.dumps(record.to_dict())))
+            run, case = getattr(item, "funcargs", {}).get("suite_run"), getattr(item, "funcargs", {}).get("case")
+            if run is not None and case is not None:
+                report.user_properties.append((AUDITS, json.dumps(finite(run.audit_records(case.models)))))
             if record.expected == "exploratory" and report.when == "call" and report.passed:
                 report.user_properties.append((EXPLORATORY, record.verdict))
         return report
@@ -68,12 +73,15 @@ class RecordKeeper:
         payload = [v for k, v in report.user_properties if k == PROPERTY]
         if not payload or (report.when != "call" and report.passed):
             return
-        record = CaseResult.from_dict(json.loads(payload[-1]))
-        record.outcome = "exploratory" if any(k == EXPLORATORY for k, _ in report.user_properties) \
-            else _outcome(report)
-        if record.verdict == "error" and report.failed:
-            record.reason = _error_message(report)
-        self.records.setdefault(record.case_id, record)
+        record = json.loads(payload[-1])
+        record["outcome"] = "exploratory" if any(k == EXPLORATORY for k, _ in report.user_properties) \
+            else outcome_of(report)
+        if record["verdict"] == "error" and report.failed:
+            record["reason"] = error_message(report)
+        self.records.setdefault(record["case_id"], record)
+        for audits in (json.loads(v) for k, v in report.user_properties if k == AUDITS):
+            for name, audit in audits.items():
+                self.audits.setdefault(name, audit)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(session.config, "workerinput") or not self.records:
@@ -87,19 +95,17 @@ class RecordKeeper:
     def _publish(self) -> None:
         from reports.record import write_run
 
-        records = list(self.records.values())
-        for record, q in zip(records, benjamini_hochberg([r.p for r in records]), strict=True):
-            record.q = q
+        cases = list(self.records.values())
+        for case, q in zip(cases, benjamini_hochberg([c["p"] for c in cases]), strict=True):
+            case["q"] = q
         run = run_info(self.state.run_id, self.state.started, self.state.device_choice,
                        self.state.models_path, self.state.registry or self._registry())
-        for record in records:   # each model's audit travels with the cases that used it
-            for name, audit in record.audits.items():
-                run["models"].setdefault(name, {}).setdefault("audit", audit)
+        for name, audit in self.audits.items():
+            run["models"].setdefault(name, {})["audit"] = audit
         if self.state.baseline is not None:
-            run["baseline"] = against_baseline(self.state.baseline, records, run["models"])
-        run["cache"] = _cache_totals(records)
+            run["baseline"] = against_baseline(self.state.baseline, cases, run["models"])
+        run["cache"] = _cache_totals(cases)
         run["cache_dir"] = str(self.state.cache_dir) if self.state.cache_dir else None
-        cases = [_without_audits(r.to_dict()) for r in records]
         if self.state.calibration is not None:
             run["calibration"] = {**asdict(self.state.calibration), "alpha": ALPHA, "rows": summarize(cases)}
         try:
@@ -135,7 +141,7 @@ class RecordKeeper:
             terminalreporter.write_line(f"promoted to the baseline: {self.state.report_dir / 'baseline'}")
         against = self.run.get("baseline")
         if against:
-            kinds = Counter((r.change or {}).get("kind") for r in self.records.values())
+            kinds = Counter((c.get("change") or {}).get("kind") for c in self.records.values())
             changed = ", ".join(against["fingerprint_changes"]) or "none"
             terminalreporter.write_line(
                 f"since baseline {against['id']}: {kinds['flip']} regression(s), {kinds['drift']} drift(s), "
@@ -158,28 +164,10 @@ def calibration_lines(calibration: dict) -> list[str]:
     return lines
 
 
-def _cache_totals(records: list[CaseResult]) -> dict[str, dict[str, int]]:
+def _cache_totals(cases: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Per model, the probe outputs the run took from the disk cache and those it computed."""
     totals: dict[str, Counter] = {}
-    for record in records:
-        for model, counts in record.cache.items():
+    for case in cases:
+        for model, counts in (case.get("cache") or {}).items():
             totals.setdefault(model, Counter()).update(counts)
     return {model: {"reused": c["reused"], "computed": c["computed"]} for model, c in totals.items()}
-
-
-def _without_audits(case: dict) -> dict:
-    return {k: v for k, v in case.items() if k != "audits"}
-
-
-def _error_message(report: pytest.TestReport) -> str:
-    crash = getattr(report.longrepr, "reprcrash", None)
-    message = getattr(crash, "message", None) or report.longreprtext.strip().splitlines()[-1]
-    return message[:2000]
-
-
-def _outcome(report: pytest.TestReport) -> str:
-    if hasattr(report, "wasxfail"):
-        return "xfailed" if report.skipped else "xpassed"
-    if report.failed and "XPASS(strict)" in (report.longreprtext or ""):
-        return "xpassed-strict"
-    return report.outcome

@@ -25,7 +25,7 @@ from fixtures.device import resolve_device, size_threads
 from fixtures.registry import ModelEntry, load_registry, registry_expectations
 from reports import history
 
-from .baseline import Baseline, load_baseline, note_change, regression_message
+from .baseline import Baseline, load_baseline
 from .calibration import Calibration
 from .cases import Case, ModelInfo, expand_all
 from .families import CHECKS
@@ -33,17 +33,9 @@ from .keeper import RecordKeeper
 from .progress import Progress
 from .runinfo import new_run_id
 from .spec import load_expectations, load_spec_dir
-from .verdicts import CaseResult
+from .verdicts import HypothesisFailed, Regression
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class HypothesisFailed(AssertionError):
-    """A case whose verdict is fail (the numbers are in the message)."""
-
-
-class Regression(AssertionError):
-    """A case whose verdict differs from the baseline run's (never an expected failure)."""
 
 
 @dataclass
@@ -236,30 +228,3 @@ def collect_cases(state: SuiteState) -> list[Case]:
         raise SuiteError(f"no hypotheses collected from {state.hypotheses_dir}: add a hypothesis *.yaml file "
                          "there, or point --hypotheses at the folder that has them")
     return cases
-
-
-def marks_for(case: Case) -> list:
-    marks = [getattr(pytest.mark, case.spec.probe)]
-    if case.expected and case.expected.verdict == "fail":
-        reason = f"expected fail: {case.expected.reason}" if case.expected.reason else "expected fail"
-        marks.append(pytest.mark.xfail(strict=True, raises=HypothesisFailed, reason=reason))
-    return marks
-
-
-def enforce(record: CaseResult, baseline: Baseline | None = None) -> None:
-    """Turn a verdict, and a change since the baseline, into the pytest outcome."""
-    if baseline is not None:
-        note_change(record, baseline)
-        if record.change["kind"] == "flip":
-            raise Regression(regression_message(record.to_dict(), record.change, baseline.run_id))
-    if record.verdict == "inconclusive":
-        pytest.skip(f"inconclusive: {record.reason}")
-    if record.verdict == "fail" and record.expected != "exploratory":   # exploratory: reported, not asserted
-        raise HypothesisFailed(failure_text(record))
-
-
-def failure_text(r: CaseResult) -> str:
-    ci = f"[{r.ci[0]:.3g}, {r.ci[1]:.3g}]" if r.ci and None not in r.ci else "n/a"
-    p = f"{r.p:.4g}" if r.p is not None else "n/a"
-    return (f"{r.case_id}: verdict fail ({r.reason})\n  claim: {r.claim}\n  {r.statistic} = {r.value:.4g}; "
-            f"effect {r.effect:.4g}, 95% CI {ci}; p = {p}\n  n = {r.n}; null: {r.null}")

@@ -116,6 +116,23 @@ class RunContext:
         shifts = self.output_shifts(name, model.cell_set_len, model_audit.SEED, n_orderings=1)
         return self.memo(("audit", name), lambda: model_audit.audit_model(model, shifts, self.cell_orderings))
 
+    def audit_record(self, name: str) -> dict:
+        """What the run's record says of a model (run.models.<name>.audit): what it computes, how many
+        of its KDs it learned (observed cells), and which genes and cell matrix it was fed."""
+        def compute() -> dict:
+            table = self.learnedness(name)
+            counts = table.counts()
+            learned = {"counts": counts, "kds": len(table.kds), "observed": table.observed,
+                       "learned_fraction": counts["learned"] / max(len(table.kds), 1) if table.observed else None,
+                       "source": table.source}
+            return self.audit(name).to_dict() | {"learnedness": learned, "inputs": self.model(name).inputs}
+
+        return self.memo(("audit_record", name), compute)
+
+    def audit_records(self, names: Sequence[str]) -> dict[str, dict]:
+        """The audit records already made of these models (none is made here: a hook asks this)."""
+        return {name: self._memo[("audit_record", name)] for name in names if ("audit_record", name) in self._memo}
+
     def n_orderings(self, name: str, requested: int | None) -> int:
         """How many cell orderings order-sensitive probes average over: 1 unless the audit found
         that this model's outputs depend on cell order. A re-initialised copy is probed exactly as

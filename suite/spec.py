@@ -45,7 +45,7 @@ from core.errors import SpecError, close_matches, typos_of
 from core.yamlio import LineDict, LineList, read_yaml
 
 from .baseline import DEFAULT_TOLERANCE, METRICS
-from .families import CHECKS
+from .families import CHECKS, Check
 from .panels import Panel, load_panels
 from .verdicts import PassRule
 
@@ -77,6 +77,11 @@ class HypothesisSpec:
     axes_line: int | None = None
     expected_at: tuple[tuple[str, int | None], ...] = field(default=())   # (file, line) of each expectation
     tolerance: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TOLERANCE))
+
+    @property
+    def check(self) -> Check:
+        """The check of its probe, from the family that registered it (suite/families.py)."""
+        return CHECKS[self.probe]
 
 
 @dataclass(frozen=True)

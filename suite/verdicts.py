@@ -1,18 +1,38 @@
-"""What a case found (Evidence), what it means (the verdict), and the record of both.
+"""What a case found (Evidence), what it means (its verdict), the record of both, and the one
+place where a verdict becomes a pytest outcome.
 
-Verdicts are pass / fail / inconclusive. A verdict maps to a pytest outcome:
-pass -> passed; fail -> failed with the numbers; an expected fail -> xfail (and a pass
-against that expectation -> strict XPASS, a failure); inconclusive -> skipped with the
-reason. A case that raised before a verdict was reached is recorded as "error".
+    verdict        reached when                                  pytest outcome
+    pass           every condition of the pass rule holds        passed (expected fail: XPASS(strict), a failure)
+    fail           a condition does not hold                     failed with the claim and numbers
+                                                                 (expected fail: xfailed; exploratory: its own
+                                                                 status, never a failure)
+    inconclusive   the check raised Inconclusive                 skipped with the reason
+    error          the case raised before a verdict              failed with the error
+    regression     the verdict differs from --baseline's         failed (Regression), even when a fail is expected
+
+skeleton() is the record before the case runs (an error until a verdict replaces it); evaluate()
+runs the case's check and decide() reads its pass rule; marks_for() and enforce() turn the
+expectation and the verdict into pytest's terms; outcome_of() reads back the outcome pytest gave,
+for the record.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import time
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import TYPE_CHECKING, Any
 
-from core.errors import ProbeError
+import pytest
+
+from core.errors import Inconclusive, ProbeError
+
+from .baseline import change_since, regression_message
+
+if TYPE_CHECKING:
+    from .baseline import Baseline
+    from .cases import Case
+    from .session import RunContext
 
 ALPHA = 0.05    # the run's one level: pass rules' default p, BH q in the synthesis, calibration's false-positive bar
 
@@ -70,7 +90,6 @@ class CaseResult:
     threshold: dict[str, Any] = field(default_factory=dict)
     outcome: str | None = None     # the pytest outcome, filled in from the test report
     seconds: float | None = None
-    audits: dict[str, dict] = field(default_factory=dict)   # audit of each model the case used
     side: str | None = None        # "organized" / "routed": its probe's half of the dual-probe synthesis
     baseline: str | None = None    # the verdict of the same case in the baseline run, when one is given
     change: dict[str, Any] | None = None     # how it differs from the baseline (suite/baseline.py)
@@ -79,11 +98,53 @@ class CaseResult:
     calibration: dict[str, dict] | None = None    # --calibrate: the case under each null (suite/calibration.py)
 
     def to_dict(self) -> dict[str, Any]:
-        return _finite(asdict(self))
+        return finite(asdict(self))
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CaseResult:
-        return cls(**data)
+
+class HypothesisFailed(AssertionError):
+    """A case whose verdict is fail (the numbers are in the message)."""
+
+
+class Regression(AssertionError):
+    """A case whose verdict differs from the baseline run's (never an expected failure)."""
+
+
+def skeleton(case: Case) -> CaseResult:
+    """The record of a case before it ran: an error unless evaluation completes."""
+    spec = case.spec
+    params = {**case.params(), **(asdict(spec.params) if is_dataclass(spec.params) else {})}
+    return CaseResult(case_id=case.case_id, hypothesis=spec.id, probe=spec.probe, claim=spec.claim,
+                      params=params, verdict="error", reason="the case raised before reaching a verdict",
+                      expected=case.expected.verdict if case.expected else None,
+                      threshold=threshold_of(spec.pass_rule), side=spec.check.side, tolerance=dict(spec.tolerance))
+
+
+def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> CaseResult:
+    """Fill `record` (or a fresh skeleton) with the case's evidence and verdict, the time it took and
+    the probe outputs it reused or computed. Each model it used is audited on the way
+    (RunContext.audit_record), so the audit's cost and errors are the case's."""
+    record = record or skeleton(case)
+    start, cached = time.perf_counter(), ctx.cache_snapshot()
+    try:
+        evidence = case.spec.check.run(case, ctx)
+    except Inconclusive as exc:
+        record.verdict, record.reason = "inconclusive", exc.reason
+        _audit(case, ctx)
+    else:
+        _audit(case, ctx)
+        record.verdict, record.reason = decide(evidence, case.spec.pass_rule)
+        record.statistic, record.value, record.effect = evidence.statistic, evidence.value, evidence.effect
+        record.ci, record.p, record.n = list(evidence.ci) if evidence.ci else None, evidence.p, dict(evidence.n)
+        record.null, record.seed, record.details = evidence.null, evidence.seed, dict(evidence.details)
+    finally:
+        record.seconds = round(time.perf_counter() - start, 3)
+        record.cache = ctx.cache_since(cached)
+    return record
+
+
+def _audit(case: Case, ctx: RunContext) -> None:
+    for name in case.models:
+        ctx.audit_record(name)
 
 
 def decide(evidence: Evidence, rule: PassRule) -> tuple[str, str]:
@@ -120,6 +181,50 @@ def _require_finite(evidence: Evidence) -> None:
                          f"{evidence.statistic}); a probe output or the cells hold extreme values. No verdict given.")
 
 
+def marks_for(case: Case, probe_mark: bool = True) -> list:
+    """The pytest marks of a case: its probe's marker, and xfail(strict) when a fail is expected."""
+    marks = [getattr(pytest.mark, case.spec.probe)] if probe_mark else []
+    if case.expected and case.expected.verdict == "fail":
+        reason = f"expected fail: {case.expected.reason}" if case.expected.reason else "expected fail"
+        marks.append(pytest.mark.xfail(strict=True, raises=HypothesisFailed, reason=reason))
+    return marks
+
+
+def enforce(record: CaseResult, baseline: Baseline | None = None) -> None:
+    """Turn a verdict, and a change since the baseline, into the pytest outcome."""
+    if baseline is not None:
+        record.baseline, record.change = change_since(record.to_dict(), baseline)
+        if record.change["kind"] == "flip":
+            raise Regression(regression_message(record.to_dict(), record.change, baseline.run_id))
+    if record.verdict == "inconclusive":
+        pytest.skip(f"inconclusive: {record.reason}")
+    if record.verdict == "fail" and record.expected != "exploratory":   # exploratory: reported, not asserted
+        raise HypothesisFailed(failure_text(record))
+
+
+def failure_text(r: CaseResult) -> str:
+    ci = f"[{r.ci[0]:.3g}, {r.ci[1]:.3g}]" if r.ci and None not in r.ci else "n/a"
+    p = f"{r.p:.4g}" if r.p is not None else "n/a"
+    return (f"{r.case_id}: verdict fail ({r.reason})\n  claim: {r.claim}\n  {r.statistic} = {r.value:.4g}; "
+            f"effect {r.effect:.4g}, 95% CI {ci}; p = {p}\n  n = {r.n}; null: {r.null}")
+
+
+def outcome_of(report: pytest.TestReport) -> str:
+    """The outcome pytest gave a case, in the record's words."""
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    if report.failed and "XPASS(strict)" in (report.longreprtext or ""):
+        return "xpassed-strict"
+    return report.outcome
+
+
+def error_message(report: pytest.TestReport) -> str:
+    """Why a case that raised before its verdict failed: the exception's own line."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None) or report.longreprtext.strip().splitlines()[-1]
+    return message[:2000]
+
+
 def threshold_of(rule: PassRule) -> dict[str, float]:
     return {k: v for k, v in asdict(rule).items() if v is not None}
 
@@ -134,12 +239,12 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}"
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """JSON has no NaN/inf: replace them with None, recursively."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value

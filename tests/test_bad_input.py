@@ -51,7 +51,7 @@ from suite.matrix_tests import mantel
 from suite.panels import Panel, load_panels
 from suite.session import RunContext
 from suite.spec import load_spec_dir, load_spec_file
-from suite.verdicts import CaseResult, Evidence, PassRule, decide
+from suite.verdicts import Evidence, PassRule, decide
 
 from .helpers import DEMO, PANELS, ROOT
 from .test_loading import Payload
@@ -712,7 +712,7 @@ def test_a_run_whose_record_cannot_be_written_exits_with_its_own_code_and_says_w
                             models_path=DEMO / "models.yaml", registry={}, baseline=None, cache_dir=None,
                             calibration=None, update_baseline=False)
     keeper = RecordKeeper(state)
-    keeper.records["a-m-p"] = CaseResult.from_dict({k: v for k, v in _case("a-m-p").items()})
+    keeper.records["a-m-p"] = _case("a-m-p")
     session = SimpleNamespace(config=SimpleNamespace(), exitstatus=1)
     keeper.pytest_sessionfinish(session)
     assert session.exitstatus == RECORD_LOST == 6

@@ -233,8 +233,8 @@ def test_null_p_values_of_a_calibrated_test_look_uniform(calibrated):
 
 def test_a_routing_score_undefined_on_a_reinitialised_copy_is_inconclusive_not_an_error(demo_run):
     from suite.cases import ModelInfo, expand_all
-    from suite.runner import evaluate
     from suite.spec import load_spec_dir
+    from suite.verdicts import evaluate
 
     from .helpers import ROOT
 

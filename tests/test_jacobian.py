@@ -211,7 +211,7 @@ def _sensitivities(pathway_kds, unrelated_kds, elevated, seed=0):
 
 
 def _evaluate(case, ctx):
-    """(verdict, reason, evidence) of the case's check, as suite/runner.py decides it."""
+    """(verdict, reason, evidence) of the case's check, as suite/verdicts.py decides it."""
     from core.errors import Inconclusive
     from suite.families import CHECKS
 

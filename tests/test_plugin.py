@@ -99,7 +99,8 @@ def test_a_failed_hypothesis_reads_as_its_claim_and_numbers_not_a_traceback(demo
     assert "impossible-hepg2_fewshot-ribosome: verdict fail" in section
     assert "claim: Ribosome KDs sit ten times closer than background." in section
     assert "95% CI" in section and "p = " in section
-    assert "def enforce" not in section and "suite/plugin.py" not in section and "raise " not in section
+    assert "def enforce" not in section and "raise " not in section
+    assert "suite/plugin.py" not in section and "suite/verdicts.py" not in section
 
 
 def test_run_record_is_written_with_the_contract_fields(demo_run_result):
