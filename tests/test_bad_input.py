@@ -45,7 +45,7 @@ from suite import plugin
 from suite.baseline import load_baseline
 from suite.cache import ArrayCache, CacheWarning
 from suite.cases import ModelInfo, expand_all
-from suite.checks.members import resolve_members
+from suite.checks.common import resolve_members
 from suite.keeper import RECORD_LOST, RecordKeeper
 from suite.matrix_tests import mantel
 from suite.panels import Panel, load_panels

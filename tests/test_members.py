@@ -3,7 +3,7 @@
 import pytest
 
 from core.errors import Inconclusive, UnknownNameError
-from suite.checks.members import resolve_members
+from suite.checks.common import resolve_members
 from suite.panels import Panel
 
 PANEL = Panel("ribosome", ("RPL3", "RPL7", "RPS3", "RPL5"), (), file="panels.yaml", line=4)

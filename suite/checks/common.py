@@ -1,5 +1,10 @@
-"""What the KD-set checks share: the KDs they run over, their null models, sample sizes and how
-they describe them.
+"""What the KD-set checks share: the KDs they run over, the panel members among them, their null
+models, the within-pathway set test, sample sizes and how they describe them.
+
+Panel names are resolved against what a model knows (`resolve_members`): a name the model has is
+used; a name it lacks but that is a real gene of its world (in its gene lists or cells) is dropped
+and reported; a name nobody knows is most likely a typo, an UnknownNameError with close matches,
+unless the hypothesis says `on_unknown: drop`. Too few names left makes the case Inconclusive.
 
 A model maps the KDs whose own response it did not learn onto one generic response, so any set of
 them looks "coherent". Every KD-set test therefore runs over the KDs the model learned
@@ -12,16 +17,15 @@ the control, which a plain label permutation reads as coherence.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from core.errors import Inconclusive
+from core.errors import Inconclusive, UnknownNameError, describe_unknown
 
 from .. import stats
-from .members import resolve_members
 
 if TYPE_CHECKING:
     from ..panels import Panel
@@ -111,6 +115,69 @@ def scope(ctx: RunContext, models: Sequence[str], names: Sequence[str], panel: P
     position, kept_position = {k: i for i, k in enumerate(kds)}, {k: i for i, k in enumerate(kept)}
     return Scope(kept, np.array([position[k] for k in kept]), np.array([kept_position[k] for k in used]), used,
                  dropped, learned)
+
+
+def resolve_members(names: Sequence[str], available: Sequence[str], universe: Iterable[str], *, panel: Panel,
+                    model: str, what: str, on_unknown: str, min_members: int) -> tuple[list[str], list[str]]:
+    """(present, dropped) members of `names`; raises UnknownNameError or Inconclusive."""
+    have = set(available)
+    known = set(universe) | have
+    present = [n for n in names if n in have]
+    dropped = [n for n in names if n not in have]
+    unknown = [n for n in dropped if n not in known]
+    if unknown and on_unknown == "error":
+        raise UnknownNameError(
+            f"pathway '{panel.name}': {what} not known to model '{model}': {describe_unknown(unknown, known, 'name')}",
+            file=panel.file, line=panel.line, field=f"pathways.{panel.name}",
+            hint="fix the spelling, or set 'on_unknown: drop' in the hypothesis params to skip such names")
+    if len(present) < min_members:
+        missing = f"; not in the model: {', '.join(dropped)}" if dropped else ""
+        raise Inconclusive(f"only {len(present)} of {len(names)} {what} of pathway '{panel.name}' are in model "
+                           f"'{model}' (need at least {min_members}){missing}")
+    return present, dropped
+
+
+def member_positions(panel: Panel, names: Sequence[str], available: Sequence[str], universe: Iterable[str], p,
+                     *, model: str, what: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(present, dropped, positions of the present ones in `available`) of a panel's `names`."""
+    present, dropped = resolve_members(names, available, universe, panel=panel, model=model, what=what,
+                                       on_unknown=p.on_unknown, min_members=p.min_members)
+    position = {name: i for i, name in enumerate(available)}
+    return present, dropped, np.array([position[n] for n in present])
+
+
+@dataclass(frozen=True)
+class SetCoherence:
+    """The within-vs-background set test: the members' mean pairwise cosine against all pairs', and
+    against the same mean of each null set."""
+
+    within: float
+    background: float
+    test: stats.PermutationResult       # of `within`, against the null sets
+
+    @property
+    def excess(self) -> float:
+        return self.within - self.background
+
+    def details(self, heatmap: dict) -> dict:
+        """The numbers every coherence card shows: both means, z, the null histogram and the heatmap."""
+        return {"within": self.within, "background": self.background, "z": self.test.z,
+                "null_histogram": histogram(self.test.null, self.test.observed), "heatmap": heatmap}
+
+
+def set_coherence(members: np.ndarray, null_sets: np.ndarray, *, vectors: np.ndarray | None = None,
+                  similarity: np.ndarray | None = None) -> SetCoherence:
+    """The set test on row `vectors` (cosines computed from unit rows, no K x K matrix) or on a
+    precomputed `similarity` matrix (e.g. cosines after centring on the control)."""
+    if vectors is not None:
+        within, background = stats.within_and_background(vectors, members)
+        test = stats.set_permutation_test(lambda s: stats.within_and_background(vectors, s)[0], members, null_sets,
+                                          lambda sets: stats.within_many(vectors, sets))
+        return SetCoherence(within, background, test)
+    background = stats.mean_pairwise(similarity, np.arange(len(similarity)))
+    test = stats.set_permutation_test(lambda s: stats.mean_pairwise(similarity, s), members, null_sets,
+                                      lambda sets: stats.mean_pairwise_many(similarity, sets))
+    return SetCoherence(test.observed, background, test)
 
 
 def null_sets(p: NullParams, members: np.ndarray, n_kds: int, magnitude: Magnitude) -> np.ndarray:

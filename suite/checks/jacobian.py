@@ -40,7 +40,7 @@ from ..families import Card, Check, Family
 from ..session import pert_reprs, require_finite
 from ..verdicts import Evidence
 from . import common
-from .members import resolve_members
+from .common import resolve_members
 
 if TYPE_CHECKING:
     from fixtures.arc_state import LoadedModel

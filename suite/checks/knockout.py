@@ -41,7 +41,6 @@ from ..session import parse_reinitialised, pert_reprs
 from ..verdicts import Evidence, PassRule
 from . import common
 from .common import NullParams
-from .members import resolve_members
 
 if TYPE_CHECKING:
     from fixtures.arc_state import LoadedModel
@@ -104,26 +103,23 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     if p.exclude_self:
         profiles[np.arange(len(rows)), [model.gene_names.index(g) for g in rows]] = 0.0
     present, dropped, members = _members(case, list(rows), model.gene_universe, p, model.name)
-    within, background = stats.within_and_background(profiles, members)
     null_sets = common.null_sets(p, members, len(rows), lambda: _match_on(profiles, p.null_match))
-    result = stats.set_permutation_test(lambda s: stats.within_and_background(profiles, s)[0], members, null_sets,
-                                        lambda sets: stats.within_many(profiles, sets))
+    found = common.set_coherence(members, null_sets, vectors=profiles)
     # resampled genes are compared by position, so a gene drawn twice is not paired with its own copy
     member_sim = stats.cosine_similarity_matrix(profiles[members])
-    ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(member_sim, s) - background, np.arange(len(members)),
-                            np.random.default_rng(p.seed), p.n_bootstrap)
+    ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(member_sim, s) - found.background,
+                            np.arange(len(members)), np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
-        statistic="mean within-pathway cosine - mean all-pairs cosine of KO profiles", value=within - background,
-        effect=within - background, ci=ci, p=result.p, seed=p.seed,
+        statistic="mean within-pathway cosine - mean all-pairs cosine of KO profiles", value=found.excess,
+        effect=found.excess, ci=ci, p=found.test.p, seed=p.seed,
         n={"members": len(members), "ko_genes": len(rows), "permutations": p.n_permutations},
         null=common.set_null_text(p, len(members), len(rows), _MATCH_TEXT[p.null_match], "genes"),
-        details={"within": within, "background": background, "z": result.z, "members": present, "dropped": dropped,
-                 "genericness": {"members": float(np.mean(_match_on(profiles, "genericness")[members])),
-                                 "all_genes": float(np.mean(_match_on(profiles, "genericness")))},
-                 "source": source, "null_histogram": common.histogram(result.null, result.observed),
-                 "heatmap": common.similarity_heatmap(
-                     lambda idx: stats.cosine_similarity_matrix(profiles[idx]), list(rows), members,
-                     {n: panel.genes for n, panel in case.spec.panels.items()}, case.axes["pathway"])})
+        details=found.details(common.similarity_heatmap(
+            lambda idx: stats.cosine_similarity_matrix(profiles[idx]), list(rows), members,
+            {n: panel.genes for n, panel in case.spec.panels.items()}, case.axes["pathway"])) | {
+            "members": present, "dropped": dropped, "source": source,
+            "genericness": {"members": float(np.mean(_match_on(profiles, "genericness")[members])),
+                            "all_genes": float(np.mean(_match_on(profiles, "genericness")))}})
 
 
 _MATCH_TEXT = {"genericness": "cosine to the all-gene mean KO profile", "ko_norm": "KO-profile norm"}
@@ -209,9 +205,7 @@ def _select(ko: np.ndarray, rows: tuple[str, ...], genes: list[str], columns: tu
 
 def _members(case: Case, genes, universe, p: KnockoutParams, model: str):
     panel = case.spec.panels[case.axes["pathway"]]
-    present, dropped = resolve_members(panel.genes, genes, universe, panel=panel, model=model, what="KO genes",
-                                       on_unknown=p.on_unknown, min_members=p.min_members)
-    return present, dropped, np.array([list(genes).index(g) for g in present])
+    return common.member_positions(panel, panel.genes, list(genes), universe, p, model=model, what="KO genes")
 
 
 def _cross_line_rule(_params: KnockoutParams) -> PassRule:

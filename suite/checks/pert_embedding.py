@@ -73,22 +73,18 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     null_text = common.set_null_text(p, len(members), len(scope.kds), _magnitude_text(p))
     if p.statistic == "nn_hit_rate":
         return _hit_rate_evidence(p, sim, scope, everyone, null_sets, null_text, model, ctx)
-    background = stats.mean_pairwise(sim, everyone)
-    result = stats.set_permutation_test(lambda s: stats.mean_pairwise(sim, s), members, null_sets,
-                                        lambda sets: stats.mean_pairwise_many(sim, sets))
-    ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(sim, s) - background, members,
+    found = common.set_coherence(members, null_sets, similarity=sim)
+    ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(sim, s) - found.background, members,
                             np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
         statistic="mean within-pathway cosine - mean all-pairs cosine" + _center_text(p),
-        value=result.observed - background, effect=result.observed - background, ci=ci, p=result.p,
+        value=found.excess, effect=found.excess, ci=ci, p=found.test.p,
         n=_sizes(p, scope, model, ctx), seed=p.seed, null=null_text,
-        details={"within": result.observed, "background": background, "null_mean_within": result.null_mean,
-                 "null_sd_within": result.null_sd, "z": result.z,
-                 "excess_over_null": result.observed - result.null_mean,
-                 "nn_hit_rate": stats.nn_hit_rate(sim, members, everyone), "members": scope.present,
-                 "dropped": scope.dropped, "learned": scope.learned,
-                 "null_histogram": common.histogram(result.null, result.observed),
-                 "heatmap": _heatmap(case, sim, scope.kds, members)})
+        details=found.details(_heatmap(case, sim, scope.kds, members)) | {
+            "null_mean_within": found.test.null_mean, "null_sd_within": found.test.null_sd,
+            "excess_over_null": found.within - found.test.null_mean,
+            "nn_hit_rate": stats.nn_hit_rate(sim, members, everyone), "members": scope.present,
+            "dropped": scope.dropped, "learned": scope.learned})
 
 
 def _heatmap(case: Case, sim: np.ndarray, kds: list[str], members: np.ndarray) -> dict:

@@ -88,10 +88,9 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     scope = _scope(case, ctx, [model.name], model.kd_names, model.gene_universe, p)
     per_set = per_set[:, scope.rows]
     members, x = scope.members, per_set.mean(axis=0)
-    within, background = stats.within_and_background(x, members)
     null_sets = common.null_sets(p, members, len(x), lambda: np.linalg.norm(x, axis=1))
-    result = stats.set_permutation_test(lambda s: stats.within_and_background(x, s)[0], members, null_sets,
-                                        lambda sets: stats.within_many(x, sets))
+    found = common.set_coherence(members, null_sets, vectors=x)
+    within, background = found.within, found.background
     rng = np.random.default_rng(p.seed)
     boot = [np.subtract(*stats.within_and_background(per_set[rng.integers(0, len(per_set), len(per_set))].mean(0),
                                                     members)) for _ in range(p.n_bootstrap)]
@@ -100,17 +99,14 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     effect, ci = corrected if corrected else (within - background, None)
     return Evidence(
         statistic=f"mean within-pathway cosine - mean all-pairs cosine of {label}", value=within - background,
-        effect=effect, ci=ci, p=result.p,
+        effect=effect, ci=ci, p=found.test.p,
         n=_sizes(p, scope, model, ctx),
         null=common.set_null_text(p, len(members), len(x), f"{label} norm"),
-        seed=p.seed, details={"within": within, "background": background, "null_mean_within": result.null_mean,
-                              "cell_set_bias": (within - background) - effect, "z": result.z,
-                              "members": scope.present, "dropped": scope.dropped,
-                              "learned": scope.learned,
-                              "null_histogram": common.histogram(result.null, result.observed),
-                              "heatmap": common.similarity_heatmap(
-                                  lambda idx: stats.cosine_similarity_matrix(x[idx]), scope.kds, members,
-                                  {n: panel.kds for n, panel in case.spec.panels.items()}, case.axes["pathway"])})
+        seed=p.seed, details=found.details(common.similarity_heatmap(
+            lambda idx: stats.cosine_similarity_matrix(x[idx]), scope.kds, members,
+            {n: panel.kds for n, panel in case.spec.panels.items()}, case.axes["pathway"])) | {
+            "null_mean_within": found.test.null_mean, "cell_set_bias": found.excess - effect,
+            "members": scope.present, "dropped": scope.dropped, "learned": scope.learned})
 
 
 def clusters(case: Case, ctx: RunContext) -> Evidence:

@@ -53,8 +53,7 @@ from ..families import Card, Check, Family
 from ..session import pert_reprs, reinitialised_name, require_finite
 from ..verdicts import Evidence, PassRule, decide
 from . import common
-from .common import NullParams
-from .members import resolve_members
+from .common import NullParams, resolve_members
 
 if TYPE_CHECKING:
     from fixtures.arc_state import LoadedModel
@@ -357,10 +356,8 @@ def _positions(names) -> dict[str, int]:
 def _pair_members(case: Case, kds: tuple[str, ...], ctx: RunContext, p: RoutingParams) -> np.ndarray:
     a, b = (ctx.model(n) for n in case.axes["model_pair"])
     panel = case.spec.panels[case.axes["pathway"]]
-    present, _ = resolve_members(panel.kds, kds, a.gene_universe | b.gene_universe, panel=panel,
-                                 model=f"{a.name} and {b.name}", what="KDs", on_unknown=p.on_unknown,
-                                 min_members=p.min_members)
-    return np.array([kds.index(k) for k in present])
+    return common.member_positions(panel, panel.kds, kds, a.gene_universe | b.gene_universe, p,
+                                   model=f"{a.name} and {b.name}", what="KDs")[2]
 
 
 def _neutral(case: Case, kds: tuple[str, ...], members: np.ndarray) -> np.ndarray:
