@@ -395,6 +395,29 @@ def _config_data(text: str):
     return change
 
 
+ROUTING = f"""
+schema_version: 1
+panels: [{PANELS}]
+hypotheses:
+  - id: routes
+    claim: Ribosome KDs route differently in two models.
+    probe: {{probe}}
+    axes: {{{{{{axes}}}}}}
+    params: {{{{{{params}}}}}}
+"""
+
+CATALOGUE += [
+    # a parameter its check never reads is refused, not silently ignored (each routing check has its own class)
+    Mistake("param-the-check-does-not-read",
+            _spec(ROUTING.format(probe="routing_divergence", axes="model_pair: cross_line, pathway: [ribosome]",
+                                 params="n_axes: 3")), SpecError,
+            ("field 'hypotheses[0].params.n_axes'", "unknown")),
+    Mistake("whole-model-check-with-a-kd-set-null",
+            _spec(ROUTING.format(probe="routing_output_correlation", axes="model: all",
+                                 params="null_model: label_permutation")), SpecError,
+            ("field 'hypotheses[0].params.null_model'", "unknown")),
+]
+
 CATALOGUE += [
     # files that are not what they claim to be
     Mistake("spec-not-utf8", _spec_bytes(GOOD.replace("cluster.", "clüster.").encode("latin-1")), SpecError,

@@ -149,7 +149,7 @@ def _whole_model_case(write, probe: str):
         panels: [{ROOT / "hypotheses/panels/demo_pathways.yaml"}]
         hypotheses:
           - {{id: h, claim: c, probe: {probe}, axes: {{model: all}},
-              params: {{n_bootstrap: 99, n_permutations: 199, cell_orderings: 4, reinit_copies: 2}}}}
+              params: {{n_permutations: 199, cell_orderings: 4, reinit_copies: 2}}}}
         """))[0]
     return expand(spec, [ModelInfo("hepg2_fewshot~reinit0", "hepg2", "fewshot")])[0]
 

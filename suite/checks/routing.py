@@ -63,22 +63,62 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class RoutingParams(NullParams):
+class RoutingParams:
+    """What every routing check reads: the cells its Jacobians are taken on, and its permutations."""
+
     n_permutations: int = 999
     cell_set_size: int | None = None            # default: the model's cell_set_len
     cell_sampling: Literal["random", "stratified", "top_magnitude"] = "random"
-    n_clusters: int = 8                         # routing_cluster_sharing: ΔY clusters
-    n_axes: int = 5                             # routing_axes: top SVD axes searched
+    cell_orderings: int | None = None           # for order-sensitive models; default --cell-orderings
+    seed: int = 0
+
+    LIMITS = NullParams.LIMITS
+
+
+@dataclass(frozen=True)
+class CorrelationParams(RoutingParams):
+    """routing_output_correlation: the Mantel test, against re-initialised copies."""
+
+    reinit_copies: int = 3                      # re-initialised copies to beat (0: none)
+
+    LIMITS = {**NullParams.LIMITS, "reinit_copies": (0, 100)}
+
+
+@dataclass(frozen=True)
+class SharingParams(CorrelationParams):
+    """routing_cluster_sharing: ΔY clusters, against re-initialised copies."""
+
+    n_clusters: int = 8
+
+
+@dataclass(frozen=True)
+class PathwayParams(RoutingParams, NullParams):
+    """routing_divergence and routing_consistency: a pathway's KDs against KD sets of the null model."""
+
+    LIMITS = NullParams.LIMITS
+
+
+@dataclass(frozen=True)
+class AxesParams(PathwayParams):
+    """routing_axes: the top SVD axes searched, by KD scores or gene loadings."""
+
+    n_axes: int = 5
     by: Literal["kd_scores", "gene_loadings"] = "kd_scores"
+
+    LIMITS = {**NullParams.LIMITS, "n_axes": (1, 100)}
+
+
+@dataclass(frozen=True)
+class StabilityParams(RoutingParams):
+    """routing_stability: one whole-model statistic under other cell samplings (NB09) and sizes (NB10)."""
+
     statistic: Literal["routing_output_correlation", "routing_cluster_sharing"] = "routing_output_correlation"
-    cell_samplings: tuple[str, ...] = CELL_SAMPLINGS     # routing_stability: NB09
-    cell_set_sizes: tuple[int, ...] = (32, 64, 128, 256)  # routing_stability: NB10
-    reinit_copies: int = 3                      # whole-model checks: re-initialised copies to beat (0: none)
-
-    LIMITS = {**NullParams.LIMITS, "n_axes": (1, 100), "reinit_copies": (0, 100)}
+    cell_samplings: tuple[str, ...] = CELL_SAMPLINGS
+    cell_set_sizes: tuple[int, ...] = (32, 64, 128, 256)
+    n_clusters: int = 8                         # for routing_cluster_sharing
 
 
-def validate(p: RoutingParams) -> str | None:
+def validate(p: StabilityParams) -> str | None:
     unknown = [s for s in p.cell_samplings if s not in CELL_SAMPLINGS]
     if unknown:
         return f"cell_samplings: unknown {', '.join(unknown)}; use {', '.join(CELL_SAMPLINGS)}"
@@ -510,20 +550,20 @@ def _stability_rule(_p: RoutingParams) -> PassRule:
 
 
 FAMILY = Family("routing", (
-        Check("routing_output_correlation", ("model",), RoutingParams, output_correlation,
-              "KDs with similar ΔY have similar dY/d(pert_repr) Jacobians (Mantel r > 0.3)", _seeds_rule, validate),
-        Check("routing_cluster_sharing", ("model",), RoutingParams, cluster_sharing,
-              "KDs in one ΔY cluster share routing more than KDs in different clusters", _p_rule, validate),
-        Check("routing_axes", ("model", "pathway"), RoutingParams, axes,
-              "a top SVD axis of the Jacobians separates the pathway's KDs or loads on its genes", _p_rule, validate,
+        Check("routing_output_correlation", ("model",), CorrelationParams, output_correlation,
+              "KDs with similar ΔY have similar dY/d(pert_repr) Jacobians (Mantel r > 0.3)", _seeds_rule),
+        Check("routing_cluster_sharing", ("model",), SharingParams, cluster_sharing,
+              "KDs in one ΔY cluster share routing more than KDs in different clusters", _p_rule),
+        Check("routing_axes", ("model", "pathway"), AxesParams, axes,
+              "a top SVD axis of the Jacobians separates the pathway's KDs or loads on its genes", _p_rule,
               side="routed"),
-        Check("routing_divergence", ("model_pair", "pathway"), RoutingParams, divergence,
+        Check("routing_divergence", ("model_pair", "pathway"), PathwayParams, divergence,
               "the pathway's KDs' routing differs between two models more than KDs of similar magnitude (NB05)",
-              _p_rule, validate),
-        Check("routing_consistency", ("model_pair", "pathway"), RoutingParams, consistency,
+              _p_rule),
+        Check("routing_consistency", ("model_pair", "pathway"), PathwayParams, consistency,
               "the pathway's KDs' routing agrees between two models more than KDs of similar magnitude (NB08)",
-              _p_rule, validate),
-        Check("routing_stability", ("model",), RoutingParams, stability,
+              _p_rule),
+        Check("routing_stability", ("model",), StabilityParams, stability,
               "a routing verdict holds under other cell samplings and cell-set sizes (NB09/NB10)", _stability_rule,
               validate, calibrated=False),
     ), Card(settings=("cell_sampling", "cell_set_size", "null_model"), reference="mean_r_all_kds"))
