@@ -28,7 +28,6 @@ import numpy as np
 from scipy.stats import binomtest
 
 from .cases import Case
-from .families import CHECKS
 from .panels import Panel
 from .session import RunContext, reinitialised_name
 from .verdicts import ALPHA, evaluate
@@ -45,7 +44,7 @@ class Calibration:
 
     def run(self, case: Case, ctx: RunContext) -> dict[str, dict] | None:
         """{null kind: tally of that null's runs} for one case, or None for a case without a test."""
-        if not CHECKS[case.spec.probe].calibrated:
+        if not case.spec.check.calibrated:
             return None
         tallies: dict[str, dict] = {}
         for kind, null_case in self.null_cases(case, ctx):

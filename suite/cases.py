@@ -17,7 +17,6 @@ from typing import Any
 
 from core.errors import SpecError, close_matches, typos_of
 
-from .families import CHECKS
 from .spec import BACKBONES, MODEL_ATTRIBUTES, Expectation, HypothesisSpec
 
 
@@ -61,7 +60,7 @@ def expand_all(specs: list[HypothesisSpec], models: list[ModelInfo]) -> list[Cas
 
 
 def expand(spec: HypothesisSpec, models: list[ModelInfo]) -> list[Case]:
-    axis_names = CHECKS[spec.probe].axes
+    axis_names = spec.check.axes
     values = [_axis_values(spec, name, models) for name in axis_names]
     _check_expectation_values(spec, models)
     cases = []

@@ -204,7 +204,7 @@ def load_expectations(path: Path, specs: list[HypothesisSpec]) -> list[Hypothesi
             raise here.error("expected a non-empty list of {where, verdict, reason} entries", table, hypothesis)
         found = [fields.build(Expectation, entry, here.child(f"[{i}]"), entries, i) for i, entry in enumerate(entries)]
         for i, exp in enumerate(found):
-            _check_expectation(exp, CHECKS[spec.probe].axes, spec.panels, here.child(f"[{i}]"), entries, i)
+            _check_expectation(exp, spec.check.axes, spec.panels, here.child(f"[{i}]"), entries, i)
         added[spec.id] = (found, [(str(path), entries.line_of(i)) for i in range(len(entries))])
     return [replace(spec, expected=spec.expected + tuple(added[spec.id][0]),
                     expected_at=spec.expected_at + tuple(added[spec.id][1])) if spec.id in added else spec

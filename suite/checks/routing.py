@@ -53,7 +53,7 @@ from ..families import Card, Check, Family
 from ..session import pert_reprs, reinitialised_name, require_finite
 from ..verdicts import Evidence, PassRule, decide
 from . import common
-from .common import NullParams, resolve_members
+from .common import NullModel, NullParams, resolve_members
 
 if TYPE_CHECKING:
     from fixtures.arc_state import LoadedModel
@@ -92,8 +92,14 @@ class SharingParams(CorrelationParams):
 
 
 @dataclass(frozen=True)
-class PathwayParams(RoutingParams, NullParams):
-    """routing_divergence and routing_consistency: a pathway's KDs against KD sets of the null model."""
+class PathwayParams(RoutingParams):
+    """routing_divergence and routing_consistency: a pathway's KDs against KD sets of the null model
+    (common.null_sets); their CIs are Student t over the KDs, so no bootstrap count."""
+
+    null_model: NullModel = "magnitude_stratified"
+    stratum_size: int = 10                 # KDs per stratum of similar effect magnitude
+    min_members: int = 3                   # fewer pathway KDs in the model(s) -> inconclusive
+    on_unknown: Literal["error", "drop"] = "error"
 
     LIMITS = NullParams.LIMITS
 
