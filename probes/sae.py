@@ -10,7 +10,9 @@ Two on-disk forms:
     (topk | relu) and `k`.
 
 encode(x) = activation((x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc); TopK keeps the k
-largest pre-activations per row and passes them through ReLU, as SAELens does.
+largest pre-activations per row and passes them through ReLU, as SAELens does. decode(f) =
+f @ W_dec + b_dec, SAELens's reconstruction; an SAE saved without W_dec can be read but not
+patched (probes/patching.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class SparseAutoencoder:
     k: int | None
     apply_b_dec_to_input: bool = True
     source: str = ""
+    W_dec: torch.Tensor | None = None    # [d_sae, d_in]; None when the file has no decoder
 
     @property
     def d_in(self) -> int:
@@ -40,7 +43,8 @@ class SparseAutoencoder:
 
     def to(self, device: torch.device) -> SparseAutoencoder:
         return SparseAutoencoder(self.W_enc.to(device), self.b_enc.to(device), self.b_dec.to(device),
-                                 self.activation, self.k, self.apply_b_dec_to_input, self.source)
+                                 self.activation, self.k, self.apply_b_dec_to_input, self.source,
+                                 None if self.W_dec is None else self.W_dec.to(device))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[..., d_in] activations -> [..., d_sae] sparse features."""
@@ -50,3 +54,9 @@ class SparseAutoencoder:
             return torch.relu(pre)
         top = torch.topk(pre, k=self.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """[..., d_sae] features -> [..., d_in] reconstruction."""
+        if self.W_dec is None:
+            raise ValueError(f"the SAE {self.source} has no decoder (W_dec)")
+        return features @ self.W_dec + self.b_dec
