@@ -1,8 +1,9 @@
 """Tests on KD x KD similarity matrices, whose entries are not independent samples.
 
-mantel            Pearson r between the off-diagonal entries of two symmetric matrices; the null
-                  permutes the rows and columns of one together (KD labels), one-sided (greater).
-                  Checked against scikit-bio's `mantel` in the suite's tests.
+mantel            Pearson r (or Spearman: Pearson r of the entries' ranks) between the off-diagonal
+                  entries of two symmetric matrices; the null permutes the rows and columns of one
+                  together (KD labels), one-sided (greater). Checked against scikit-bio's `mantel`,
+                  both methods, in the suite's tests.
 group_contrast    mean similarity of same-group pairs minus different-group pairs; the null
                   permutes the group labels (group sizes kept).
 auroc             the probability that a random member scores above a random non-member;
@@ -39,13 +40,24 @@ class MatrixTestResult:
     n_pairs: int
 
 
-def mantel(x: np.ndarray, y: np.ndarray, n_permutations: int, rng: np.random.Generator) -> MatrixTestResult:
+def mantel(x: np.ndarray, y: np.ndarray, n_permutations: int, rng: np.random.Generator,
+           method: str = "pearson") -> MatrixTestResult:
+    if method == "spearman":      # permuting KD labels permutes the entries, so ranking once is exact
+        x, y = ranked_entries(x), ranked_entries(y)
     upper = np.triu_indices(len(x), 1)
     zx, zy = _standardized(x, upper), _standardized(y, upper)
     observed = float((zx[upper] * zy[upper]).mean())
     null = np.array([(zx[np.ix_(order, order)][upper] * zy[upper]).mean()
                      for order in (rng.permutation(len(x)) for _ in range(n_permutations))])
     return MatrixTestResult(observed, exact_p(null, observed), null, len(upper[0]))
+
+
+def ranked_entries(m: np.ndarray) -> np.ndarray:
+    """m with its off-diagonal entries replaced by their average ranks (diagonal 0), symmetric."""
+    upper = np.triu_indices(len(m), 1)
+    out = np.zeros_like(m, dtype=np.float64)
+    out[upper] = rankdata(m[upper])
+    return out + out.T
 
 
 def _standardized(m: np.ndarray, upper: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -153,9 +165,14 @@ def label_test(scores: np.ndarray, is_member: np.ndarray, n_permutations: int, r
     return LabelTest(observed, null, p, 1.0 / count, count <= ENUMERATE_UP_TO)
 
 
-def mantel_ci(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+def mantel_ci(x: np.ndarray, y: np.ndarray, level: float = 0.95, method: str = "pearson"
+              ) -> tuple[float, float] | None:
     """Normal interval of the Mantel r (Pearson r of the off-diagonal entries) with the leave-one-KD-out
-    jackknife's standard error, from pair sums: leaving KD i out removes row i's pairs."""
+    jackknife's standard error, from pair sums: leaving KD i out removes row i's pairs. Spearman: the
+    entries are ranked once over all pairs, not again for each KD left out (that would cost K times
+    more; tests/test_matrix_tests.py compares the two standard errors)."""
+    if method == "spearman":
+        x, y = ranked_entries(x), ranked_entries(y)
     n = len(x)
     if n < 4:
         return None

@@ -294,6 +294,23 @@ def test_routing_output_correlation(planted):
     assert _close_p(evidence.p, reference, 999, 2000)
 
 
+def test_routing_output_correlation_by_spearman(planted):
+    w, _ = planted
+    out = w.ctx.outputs["model_a"]
+    case = CaseFor("routing_output_correlation", {"reinit_copies": 0, "method": "spearman"})(Panel("p", (), ()),
+                                                                                             {"model": "model_a"})
+    evidence = run(case, w.ctx)
+    upper = np.triu_indices(len(w.kds), 1)
+    dy, jac = _cosine(out.shifts[1:]), _routing_cosine(out)
+    assert evidence.value == pytest.approx(spearmanr(dy[upper], jac[upper]).statistic)
+    assert evidence.details["pearson_r"] == pytest.approx(pearsonr(dy[upper], jac[upper]).statistic)
+    assert evidence.statistic.startswith("Spearman r")
+    rng = np.random.default_rng(5)
+    null = [spearmanr(dy[np.ix_(o, o)][upper], jac[upper]).statistic
+            for o in (rng.permutation(len(dy)) for _ in range(1000))]
+    assert _close_p(evidence.p, (1 + np.sum(np.array(null) >= evidence.value)) / 1001, 999, 1000)
+
+
 def test_routing_cluster_sharing(planted):
     w, _ = planted
     out = w.ctx.outputs["model_a"]

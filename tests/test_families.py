@@ -173,3 +173,17 @@ def test_families_of_the_entry_point_group_are_registered(monkeypatch):
     registry = Registry()
     registry.discover()
     assert registry["probe_entry"].summary == "a probe" and "pert_embedding_coherence" in registry
+
+
+def test_a_built_in_familys_partial_draws_its_own_numbers_and_nothing_when_they_are_absent():
+    """The routing card says Pearson's r beside a Spearman Mantel test (NB07 read both)."""
+    from reports.html import _card, _environment
+
+    card = CHECKS.cards()["routing_output_correlation"]
+    case = {"case_id": "r-m", "verdict": "pass", "probe": "routing_output_correlation", "claim": "c", "reason": "x",
+            "params": {"method": "spearman", "seed": 0}, "details": {"pearson_r": 0.41234}}
+    html = str(_card(_environment(), case, card))
+    assert "Pearson r of the same pairs: 0.4123 (the test above is Spearman's)" in html
+    assert "method spearman ·" in html
+    plain = str(_card(_environment(), {**case, "details": {}, "params": {"method": "pearson"}}, card))
+    assert "Pearson r of the same pairs" not in plain and 'class="family"' not in plain

@@ -42,6 +42,44 @@ def test_mantel_agrees_with_scikit_bio():
         assert abs(ours.p - p) < 0.04                  # two Monte Carlo estimates of one p
 
 
+def test_spearman_mantel_agrees_with_scikit_bio():
+    from skbio.stats.distance import mantel as skbio_mantel
+
+    rng = np.random.default_rng(2)
+    for strength in (0.0, 0.5, 1.5):
+        base = rng.normal(size=(22, 6))
+        x = _cosine(base) ** 3                                 # a monotone bend Pearson and Spearman read apart
+        y = _cosine(base + rng.normal(size=(22, 6)) / max(strength, 1e-3))
+        ours = mantel(x, y, 999, np.random.default_rng(1), method="spearman")
+        r, p, _ = skbio_mantel(1 - x, 1 - y, method="spearman", permutations=999, alternative="greater", seed=1)
+        assert ours.observed == pytest.approx(r, abs=1e-10)
+        assert abs(ours.p - p) < 0.04
+
+
+def test_the_spearman_jackknife_on_ranks_taken_once_is_close_to_reranking_each_time():
+    """mantel_ci ranks the entries once; re-ranking after each KD left out is the exact jackknife."""
+    from scipy.stats import spearmanr
+
+    from suite.matrix_tests import mantel_ci
+
+    rng = np.random.default_rng(4)
+    for strength in (0.3, 1.0):
+        base = rng.normal(size=(30, 6))
+        x, y = _cosine(base), _cosine(base + rng.normal(size=(30, 6)) / strength)
+        low, high = mantel_ci(x, y, method="spearman")
+        n = len(x)
+        left_out = []
+        for i in range(n):
+            keep = np.delete(np.arange(n), i)
+            upper = np.triu_indices(n - 1, 1)
+            left_out.append(spearmanr(x[np.ix_(keep, keep)][upper], y[np.ix_(keep, keep)][upper]).statistic)
+        left_out = np.array(left_out)
+        exact_se = np.sqrt((n - 1) / n * np.sum((left_out - left_out.mean()) ** 2))
+        assert (high - low) / (2 * 1.959964) == pytest.approx(exact_se, rel=0.1)
+        upper = np.triu_indices(n, 1)
+        assert (low + high) / 2 == pytest.approx(spearmanr(x[upper], y[upper]).statistic, abs=1e-9)
+
+
 def test_mantel_false_positive_rate_under_independent_matrices():
     rng = np.random.default_rng(2)
     n_draws = 1000

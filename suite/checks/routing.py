@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
+from scipy.stats import rankdata, spearmanr
 
 from core.errors import Inconclusive
 from probes.audit import random_orderings
@@ -76,8 +76,8 @@ class RoutingParams:
 
 
 @dataclass(frozen=True)
-class CorrelationParams(RoutingParams):
-    """routing_output_correlation: the Mantel test, against re-initialised copies."""
+class SelectiveParams(RoutingParams):
+    """The whole-model checks, which must beat re-initialised copies of the model."""
 
     reinit_copies: int = 3                      # re-initialised copies to beat (0: none)
 
@@ -85,8 +85,15 @@ class CorrelationParams(RoutingParams):
 
 
 @dataclass(frozen=True)
-class SharingParams(CorrelationParams):
-    """routing_cluster_sharing: ΔY clusters, against re-initialised copies."""
+class CorrelationParams(SelectiveParams):
+    """routing_output_correlation: the Mantel test of ΔY against Jacobian similarity."""
+
+    method: Literal["pearson", "spearman"] = "pearson"    # NB07 compared both
+
+
+@dataclass(frozen=True)
+class SharingParams(SelectiveParams):
+    """routing_cluster_sharing: ΔY clusters."""
 
     n_clusters: int = 8
 
@@ -122,6 +129,7 @@ class StabilityParams(RoutingParams):
     cell_samplings: tuple[str, ...] = CELL_SAMPLINGS
     cell_set_sizes: tuple[int, ...] = (32, 64, 128, 256)
     n_clusters: int = 8                         # for routing_cluster_sharing
+    method: Literal["pearson", "spearman"] = "pearson"    # for routing_output_correlation
 
 
 def validate(p: StabilityParams) -> str | None:
@@ -143,22 +151,32 @@ def _correlation(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[in
     """(r, ΔY cosine, centred Jacobian cosine, the Jacobians) of one model on one cell setting."""
     routing, dy = _routing_and_shifts(ctx, name, p, setting)
     output_sim, routing_sim = stats.cosine_similarity_matrix(dy), centered_cosine(routing.gram)
-    upper = np.triu_indices(len(dy), 1)
-    return float(np.corrcoef(output_sim[upper], routing_sim[upper])[0, 1]), output_sim, routing_sim, routing
+    return _pair_r(output_sim, routing_sim, p.method), output_sim, routing_sim, routing
+
+
+def _pair_r(x: np.ndarray, y: np.ndarray, method: str) -> float:
+    upper = np.triu_indices(len(x), 1)
+    if method == "spearman":
+        return float(spearmanr(x[upper], y[upper]).statistic)
+    return float(np.corrcoef(x[upper], y[upper])[0, 1])
 
 
 def _output_correlation(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]) -> Evidence:
     _, output_sim, routing_sim, routing = _correlation(ctx, name, p, setting)
-    result = matrix_tests.mantel(output_sim, routing_sim, p.n_permutations, np.random.default_rng(p.seed))
-    ci = matrix_tests.mantel_ci(output_sim, routing_sim)
+    method = p.method
+    result = matrix_tests.mantel(output_sim, routing_sim, p.n_permutations, np.random.default_rng(p.seed), method)
+    ci = matrix_tests.mantel_ci(output_sim, routing_sim, method=method)
+    details = {"cells": routing.cells, "raw_jacobian_cosine": _off_diagonal_range(gram_cosine(routing.gram)),
+               "scatter": _scatter(output_sim, routing_sim, "ΔY cosine", "Jacobian cosine (centred)", p.seed),
+               "null_histogram": common.histogram(result.null, result.observed)}
+    if method == "spearman":     # NB07 read both: the card shows Pearson's r beside the Spearman test
+        details["pearson_r"] = _pair_r(output_sim, routing_sim, "pearson")
     return Evidence(
-        statistic="Pearson r between pairwise ΔY cosine and pairwise Jacobian cosine (across-KD mean removed)",
+        statistic=f"{method.title()} r between pairwise ΔY cosine and pairwise Jacobian cosine (across-KD mean "
+                  "removed)",
         value=result.observed, effect=result.observed, ci=ci, p=result.p, seed=p.seed,
         n={"kds": len(output_sim), "pairs": result.n_pairs, "permutations": p.n_permutations},
-        null=f"Mantel: {p.n_permutations} permutations of the KD labels of one matrix",
-        details={"cells": routing.cells, "raw_jacobian_cosine": _off_diagonal_range(gram_cosine(routing.gram)),
-                 "scatter": _scatter(output_sim, routing_sim, "ΔY cosine", "Jacobian cosine (centred)", p.seed),
-                 "null_histogram": common.histogram(result.null, result.observed)})
+        null=f"Mantel: {p.n_permutations} permutations of the KD labels of one matrix", details=details)
 
 
 def cluster_sharing(case: Case, ctx: RunContext) -> Evidence:
@@ -572,5 +590,6 @@ FAMILY = Family("routing", (
         Check("routing_stability", ("model",), StabilityParams, stability,
               "a routing verdict holds under other cell samplings and cell-set sizes (NB09/NB10)", _stability_rule,
               validate, calibrated=False),
-    ), Card(settings=("cell_sampling", "cell_set_size", "null_model"), reference="mean_r_all_kds"))
+    ), Card(settings=("cell_sampling", "cell_set_size", "null_model", "method"), reference="mean_r_all_kds",
+            partial="routing_card.html.j2"))
 CHECKS_BY_NAME = {c.name: c for c in FAMILY.checks}
