@@ -1,12 +1,14 @@
 """The suite's pytest plugin (loaded through the `pytest11` entry point).
 
 Options: --models, --hypotheses, --report-dir, --device, --threads, --cell-orderings, --baseline,
---update-baseline, --cache-dir, --no-cache, --calibrate (with --null-draws, --null-inits).
+--update-baseline, --cache-dir, --no-cache, --calibrate (with --null-draws, --null-inits); the ini
+option probe_families names further probe family modules (suite/families.py), registered at start.
 conftest.py turns the YAML hypotheses into `test_hypothesis` cases with
 pytest_generate_tests (so fixtures, -k/-m, ids and xdist keep working). Each case's record
 rides on its test report (user_properties, as JSON, so xdist can carry it); the
 RecordKeeper (keeper.py) in the controlling process collects them and publishes
-the run (reports/history.py) at the end.
+the run (reports/history.py) at the end. What a verdict means for pytest is decided in
+suite/verdicts.py.
 """
 
 from __future__ import annotations
