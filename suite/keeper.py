@@ -54,7 +54,8 @@ class RecordKeeper:
         record = item.stash.get(RECORD, None)
         if record is not None:
             report.user_properties.append((PROPERTY, json.dumps(record.to_dict())))
-            run, case = getattr(item, "funcargs", {}).get("suite_run"), getattr(item, "funcargs", {}).get("case")
+            funcargs = getattr(item, "funcargs", {})
+            run, case = funcargs.get("suite_run"), funcargs.get("case")
             if run is not None and case is not None:
                 report.user_properties.append((AUDITS, json.dumps(finite(run.audit_records(case.models)))))
             if record.expected == "exploratory" and report.when == "call" and report.passed:

@@ -336,22 +336,23 @@ def _gene_file(data: bytes | None = None, folder: bool = False):
 INFOS = [ModelInfo("hepg2_fewshot", "hepg2", "fewshot", "gpt2"),
          ModelInfo("jurkat_fewshot", "jurkat", "fewshot", "gpt2")]
 
-PAIR_SPEC = f"""
+def _routing_spec(probe: str, axes: str, params: str = "", expected: str = "") -> str:
+    """One routing hypothesis over the demo panels; `expected` is its indented expectation block."""
+    return f"""
 schema_version: 1
 panels: [{PANELS}]
 hypotheses:
-  - id: pair
-    claim: The two models route the pathway alike.
-    probe: routing_consistency
-    axes: {{model_pair: PAIRS, pathway: [ribosome]}}
-    expected:
-      - where: {{WHERE}}
-        verdict: fail
-"""
+  - id: routes
+    claim: The pathway's KDs route alike in two models.
+    probe: {probe}
+    axes: {{{axes}}}
+    params: {{{params}}}
+{expected}"""
 
 
 def _pair_spec(pairs: str, where: str) -> str:
-    return PAIR_SPEC.replace("PAIRS", pairs).replace("WHERE", where)
+    return _routing_spec("routing_consistency", f"model_pair: {pairs}, pathway: [ribosome]",
+                         expected=f"    expected:\n      - where: {{{where}}}\n        verdict: fail\n")
 
 
 def _expanded(text: str) -> Callable[[Path], Callable[[], object]]:
@@ -395,26 +396,15 @@ def _config_data(text: str):
     return change
 
 
-ROUTING = f"""
-schema_version: 1
-panels: [{PANELS}]
-hypotheses:
-  - id: routes
-    claim: Ribosome KDs route differently in two models.
-    probe: {{probe}}
-    axes: {{{{{{axes}}}}}}
-    params: {{{{{{params}}}}}}
-"""
-
 CATALOGUE += [
     # a parameter its check never reads is refused, not silently ignored (each routing check has its own class)
     Mistake("param-the-check-does-not-read",
-            _spec(ROUTING.format(probe="routing_divergence", axes="model_pair: cross_line, pathway: [ribosome]",
-                                 params="n_axes: 3")), SpecError,
+            _spec(_routing_spec("routing_divergence", "model_pair: cross_line, pathway: [ribosome]", "n_axes: 3")),
+            SpecError,
             ("field 'hypotheses[0].params.n_axes'", "unknown")),
     Mistake("whole-model-check-with-a-kd-set-null",
-            _spec(ROUTING.format(probe="routing_output_correlation", axes="model: all",
-                                 params="null_model: label_permutation")), SpecError,
+            _spec(_routing_spec("routing_output_correlation", "model: all", "null_model: label_permutation")),
+            SpecError,
             ("field 'hypotheses[0].params.null_model'", "unknown")),
 ]
 
