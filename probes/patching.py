@@ -16,6 +16,7 @@ so the SAE's reconstruction error, h - decode(f), stays in place. That has two c
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,14 +41,31 @@ def patch_delta(sae: SparseAutoencoder, hidden: torch.Tensor, intervention: Inte
     """[..., d_in] what the intervention adds to the hidden state: (f' - f) @ W_dec."""
     if not intervention.features:
         return torch.zeros_like(hidden)
+    mask = feature_masks([intervention.features], sae.d_sae, hidden.device)[0]
+    return masked_delta(sae, hidden, mask, intervention.mode, intervention.scale)
+
+
+def feature_masks(feature_sets: Sequence[Sequence[int]], d_sae: int, device: torch.device | None = None
+                  ) -> torch.Tensor:
+    """[N, d_sae] 0/1 masks, one per set of feature indices."""
+    masks = torch.zeros(len(feature_sets), d_sae, device=device)
+    for row, features in enumerate(feature_sets):
+        masks[row, list(features)] = 1.0
+    return masks
+
+
+def masked_delta(sae: SparseAutoencoder, hidden: torch.Tensor, masks: torch.Tensor, mode: str = "ablate",
+                 scale: float = 0.0) -> torch.Tensor:
+    """[B, S, d_in] (or [..., d_in] with one [d_sae] mask) what patching the masked features adds to the
+    hidden state; masks [B, d_sae] give each batch element its own feature set."""
     if sae.W_dec is None:
         raise ProbeError(f"the SAE {sae.source} has no decoder (W_dec), so its features cannot be patched; "
                          "export it with its decoder weights")
-    index = torch.as_tensor(intervention.features, device=hidden.device)
-    directions = sae.W_dec[index]                                          # [n, d_in]
-    if intervention.mode == "ablate":
-        return -(sae.encode(hidden)[..., index] @ directions)
-    return (intervention.scale * directions.sum(dim=0)).expand_as(hidden)
+    if masks.dim() == 2:
+        masks = masks[:, None, :]               # [B, 1, d_sae] over the set's positions
+    if mode == "ablate":
+        return -((sae.encode(hidden) * masks) @ sae.W_dec)
+    return (scale * masks @ sae.W_dec).expand_as(hidden)
 
 
 @torch.no_grad()
@@ -82,3 +100,72 @@ def patching_effects(module: torch.nn.Module, onehots: torch.Tensor, cells: torc
         own = forward_sets(module, ordered, reprs)
         total = total + (patched_outputs(module, ordered, reprs, sae, layer, intervention) - own).mean(dim=1)
     return (total / len(orderings)).double().cpu().numpy()
+
+
+def _hidden_of(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.no_grad()
+def feature_activity(module: torch.nn.Module, sets: torch.Tensor, reprs: torch.Tensor, sae: SparseAutoencoder,
+                     layer: int, orderings: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per perturbation [K, d_sae], over the cells of `sets` [n, S, G] and `orderings`: each SAE
+    feature's mean activation ("mean"), the share of cells where it is active ("frequency") and its
+    mean activation where active ("magnitude"), on block `layer`'s output."""
+    check_supported(module)
+    check_layer(module, layer)
+    captured: list[torch.Tensor] = []
+    hook = backbone_blocks(module)[layer].register_forward_hook(lambda _m, _i, out: captured.append(_hidden_of(out)))
+    total = active = count = 0.0
+    try:
+        for cells in sets:
+            for order in orderings:
+                captured.clear()
+                forward_sets(module, cells[order.to(cells.device)], reprs)
+                features = sae.encode(captured[0][:, : cells.shape[0], :]).double()     # [K, S, F]
+                total = total + features.sum(dim=1)
+                active = active + (features > 0).double().sum(dim=1)
+                count += features.shape[1]
+    finally:
+        hook.remove()
+    magnitude = torch.where(active > 0, total / active.clamp(min=1), torch.zeros_like(total))
+    return {"mean": (total / count).cpu().numpy(), "frequency": (active / count).cpu().numpy(),
+            "magnitude": magnitude.cpu().numpy()}
+
+
+@torch.no_grad()
+def masked_effects(module: torch.nn.Module, sets: torch.Tensor, reprs: torch.Tensor, sae: SparseAutoencoder,
+                   layer: int, masks: torch.Tensor, orderings: torch.Tensor, mode: str = "ablate", scale: float = 0.0,
+                   chunk: int = 64, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """[N, K, G] for each of the N feature masks [N, d_sae] and each of the K perturbation
+    representations [K, H]: the mean over the cells of `sets` [n, S, G] and `orderings` of the
+    patched prediction minus the model's own. One forward pass patches `chunk` masks at once."""
+    check_supported(module)
+    check_layer(module, layer)
+    batch: list[torch.Tensor] = []       # the masks of the pass under way, one per batch element
+
+    def patch(_module, _inputs, output):
+        hidden = _hidden_of(output)
+        patched = hidden + masked_delta(sae, hidden, batch[0], mode, scale)
+        return (patched, *output[1:]) if isinstance(output, tuple) else patched
+
+    out = torch.zeros(len(masks), len(reprs), sets.shape[-1], dtype=torch.float64, device=sets.device)
+    steps, done = len(reprs) * len(sets) * len(orderings), 0
+    for k, rep in enumerate(reprs):
+        for cells in sets:
+            for order in orderings:
+                ordered = cells[order.to(cells.device)]
+                own = forward_sets(module, ordered, rep[None]).mean(dim=1).double()       # [1, G]
+                for start in range(0, len(masks), chunk):
+                    block = masks[start:start + chunk]
+                    batch[:] = [block]
+                    hook = backbone_blocks(module)[layer].register_forward_hook(patch)
+                    try:
+                        patched = forward_sets(module, ordered, rep.expand(len(block), -1)).mean(dim=1).double()
+                    finally:
+                        hook.remove()
+                    out[start:start + len(block), k] += patched - own
+                done += 1
+                if progress:
+                    progress(done, steps)
+    return (out / (len(sets) * len(orderings))).cpu().numpy()

@@ -45,15 +45,34 @@ def scatter_svg(points: dict | None, width: int = 220, height: int = 160) -> Mar
         return Markup("")
     xs, ys = [float(v) for v in points["x"]], [float(v) for v in points["y"]]
     flags = points.get("highlight") or [False] * len(xs)
+    groups = points.get("groups")
     to_x, to_y = _scale(min(xs), max(xs), 4, width - 4), _scale(min(ys), max(ys), height - 4, 4)
     order = sorted(range(len(xs)), key=lambda i: bool(flags[i]))
-    dots = "".join(f'<circle cx="{to_x(xs[i]):.1f}" cy="{to_y(ys[i]):.1f}" r="1.8" '
-                   f'fill="{RED if flags[i] else "#7b8794"}"/>' for i in order)
+    colour = _group_colours(groups, flags) if groups else {}
+
+    def fill(i: int) -> str:
+        return RED if flags[i] else colour.get(groups[i], "#7b8794") if groups else "#7b8794"
+
+    titles = [f"<title>{escape(str(g))}</title>" for g in groups] if groups else [""] * len(xs)
+    dots = "".join(f'<circle cx="{to_x(xs[i]):.1f}" cy="{to_y(ys[i]):.1f}" r="1.8" fill="{fill(i)}">{titles[i]}'
+                   "</circle>" for i in order)
+    if colour:      # a legend line: each panel's colour
+        shown = [(g, c) for g, c in colour.items()][:6]
+        dots += "".join(_text(4 + 36 * n, 10, g[:8], colour=c) for n, (g, c) in enumerate(shown))
     x_label, y_label = points.get("x_label", "x"), points.get("y_label", "y")
     label = escape(f"{x_label} (across) vs {y_label} (up)")
     caption = _text(0, height + 11, f"→ {x_label}   ↑ {y_label}")
     return _svg("scatter", width, height + 14, label, f'<rect width="{width}" height="{height}" fill="none" '
                 f'stroke="{FAINT}"/>{dots}{caption}')
+
+
+PANEL_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
+
+
+def _group_colours(groups: Sequence[str], flags: Sequence[bool]) -> dict[str, str]:
+    """A colour per named group (the highlighted one is red; 'other' stays grey)."""
+    named = [g for g in dict.fromkeys(g for g, f in zip(groups, flags, strict=True) if not f) if g != "other"]
+    return {g: PANEL_COLOURS[i % len(PANEL_COLOURS)] for i, g in enumerate(named)}
 
 
 def bars_svg(labels: Sequence[str], values: Sequence[float | None], reference: float | None = None,

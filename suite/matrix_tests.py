@@ -184,7 +184,7 @@ def mantel_ci(x: np.ndarray, y: np.ndarray, level: float = 0.95, method: str = "
     pairs = n * (n - 1) / 2
     full = _pearson_from_sums({k: v[0] for k, v in sums.items()}, pairs)
     left_out = _pearson_from_sums({k: total - row for k, (total, row) in sums.items()}, pairs - (n - 1))
-    return _jackknife_interval(full, left_out, level)
+    return jackknife_interval(full, left_out, level)
 
 
 def group_contrast_ci(sim: np.ndarray, labels: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
@@ -203,7 +203,7 @@ def group_contrast_ci(sim: np.ndarray, labels: np.ndarray, level: float = 0.95) 
         with np.errstate(invalid="ignore", divide="ignore"):
             parts.append((total / count, (total - row) / (count - row_count)))
     full = parts[0][0] - parts[1][0]
-    return _jackknife_interval(full, parts[0][1] - parts[1][1], level)
+    return jackknife_interval(full, parts[0][1] - parts[1][1], level)
 
 
 def _pearson_from_sums(s: dict, n: float):
@@ -213,7 +213,8 @@ def _pearson_from_sums(s: dict, n: float):
         return cov / np.sqrt(var_x * var_y)
 
 
-def _jackknife_interval(full: float, left_out: np.ndarray, level: float) -> tuple[float, float] | None:
+def jackknife_interval(full: float, left_out: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Normal interval of `full` with the jackknife standard error of its leave-one-unit-out values."""
     left_out = np.asarray(left_out, dtype=float)
     if not np.isfinite(full) or not np.all(np.isfinite(left_out)):
         return None

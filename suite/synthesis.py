@@ -4,14 +4,19 @@ Each probe that reads one model and one pathway speaks for one side: the represe
 probes (pert_encoder space, ΔY, layers, SAE features) for "organized", the causal probes
 (targeted Jacobians, routing axes, in-silico knockouts) for "routed" (`Check.side`). Per
 model and pathway the two sides are read by RULE; the grid beside the line shows every
-case the line came from. Cases over a model pair (agreement across lines or splits) and
-cases without a pathway get grids of their own and do not enter the line.
+case the line came from. Cases over a model pair get a grid of their own; a pair case whose
+check has a side (the pathway drives features both models conserve) speaks for that side of
+both its models, and shows in their grids too. Cases without a pathway do not enter the line.
+
+Seed note 002's strongest claim, convergent evidence of a circuit, is read beside the line: a
+pathway whose targeted Jacobian (dY[target]/dX[regulator], Option 3) and SAE feature patching
+(NB07) both pass and survive the correction in one model (CIRCUIT).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .verdicts import ALPHA
@@ -24,6 +29,11 @@ RULE = (f"A side holds when more than half of its cases pass and survive the run
         f"probes does not make a pathway organized or routed.")
 LINES = {(True, True): "organized and routed", (True, False): "organized but not routed",
          (False, True): "routed but not organized", (False, False): "neither"}
+# the two analyses whose joint pass is the note's convergent evidence: the input-sensitivity probe and the
+# feature-ablation probe must each find the pathway specific (probe names of suite/checks/)
+CIRCUIT = ("targeted_jacobian", "sae_feature_patching")
+CIRCUIT_TEXT = ("convergent circuit evidence: the targeted Jacobian (input sensitivity) and SAE feature patching "
+                "(feature ablation) are both pathway-specific")
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ class Reading:
     line: str
     organized: SideReading
     routed: SideReading
+    circuit: str | None = None         # CIRCUIT_TEXT where both circuit probes are discoveries
 
 
 @dataclass
@@ -74,7 +85,8 @@ class Grid:
 def synthesize(cases: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The run's synthesis: the rule, a grid per model and per model pair, and each model's lines."""
     cases = list(cases)
-    grids = [_grid(name, kind, [c for c in cases if _unit(c) == (kind, name)]) for kind, name in _units(cases)]
+    grids = [_grid(name, kind, [c for c in cases if _unit(c) == (kind, name) or _speaks_for(c, kind, name)])
+             for kind, name in _units(cases)]
     return {"rule": RULE, "alpha": ALPHA, "grids": [asdict(g) for g in grids]}
 
 
@@ -121,6 +133,13 @@ def _unit(case: dict[str, Any]) -> tuple[str, str | None]:
     return "model", params.get("model")
 
 
+def _speaks_for(case: dict[str, Any], kind: str, name: str) -> bool:
+    """A pair case with a side and a pathway counts for each of its two models."""
+    pair = case.get("params", {}).get("model_pair")
+    return (kind == "model" and bool(pair) and case.get("side") in SIDES and case["params"].get("pathway") is not None
+            and name in pair.split("-vs-"))
+
+
 def _grid(name: str, kind: str, cases: list[dict[str, Any]]) -> Grid:
     per_pathway = [c for c in cases if c["params"].get("pathway") is not None]
     ordered = sorted(per_pathway, key=lambda c: SIDES.index(c["side"]) if c.get("side") in SIDES else len(SIDES))
@@ -143,7 +162,9 @@ def _reading(kind: str, pathway: str, cases: list[dict[str, Any]]) -> Reading | 
     if kind != "model":
         return None
     by_side = {side: [_cell(c) for c in cases if c.get("side") == side] for side in SIDES}
-    return read_sides(by_side["organized"], by_side["routed"], pathway)
+    reading = read_sides(by_side["organized"], by_side["routed"], pathway)
+    found = {probe: any(_cell(c).discovery for c in cases if c.get("probe") == probe) for probe in CIRCUIT}
+    return replace(reading, circuit=CIRCUIT_TEXT) if all(found.values()) else reading
 
 
 def _cell(case: dict[str, Any]) -> Cell:

@@ -73,6 +73,8 @@ class Outputs:
     routing: np.ndarray                      # [K, G, H] dY/d pert_repr, KD rows only
     encoder: np.ndarray                      # [K, H, P] d pert_repr / d onehot, KD rows only
     learned: np.ndarray | None = None        # [K] bool, default all learned (judged without cells)
+    sae_activity: np.ndarray | None = None   # [3, P, F] SAE features' mean, frequency, magnitude per perturbation
+    sae_effects: np.ndarray | None = None    # [F, P, G] what ablating feature f alone changes under each perturbation
 
 
 class PlantedRun(RunContext):
@@ -99,7 +101,8 @@ class PlantedRun(RunContext):
         return SimpleNamespace(knockout=None, sae=None, perturbed=None)
 
     def sae(self, name):
-        return None, 0
+        effects = self.outputs[name].sae_effects
+        return SimpleNamespace(W_dec=np.zeros(1), d_sae=0 if effects is None else len(effects), source="planted"), 0
 
     def stored(self, kind, name, compute, *, disk=True, **parts):
         """The planted array of each probe output a check asks for (the cells and seeds do not matter)."""
@@ -121,6 +124,13 @@ class PlantedRun(RunContext):
             return torch.from_numpy(out.encoder)
         if kind == "pert_embeddings":
             return out.embeddings
+        if kind == "sae_activity":
+            return out.sae_activity
+        if kind == "sae_patching":      # a feature set's effect: the sum of its features' (additive, planted)
+            rows = [model.pert_index(k) for k in parts["kds"]]
+            return np.stack([out.sae_effects[list(s)][:, rows].sum(axis=0) for s in parts["feature_sets"]])
+        if kind == "patching_shifts":
+            return out.shifts[[model.pert_index(k) for k in parts["kds"]]]
         raise AssertionError(f"no planted output of kind {kind!r}")
 
 
@@ -189,7 +199,20 @@ def world(seed: int, n_kds: int = 60, n_genes: int = 40, hidden: int = 12, n_set
             targeted=with_control(targeted), knockouts=noisy(ko_latent, 0.7),
             routing=noisy(route_latent).astype(np.float32), encoder=noisy(enc_latent).astype(np.float32))
         models[name] = PlantedModel(name, kds, genes, cells.clone())
+        outputs[name].sae_activity, outputs[name].sae_effects = _sae_outputs(np.random.default_rng([seed, m, 7]),
+                                                                             n_kds + 1, n_genes)
     return World(PlantedRun(models, outputs), kds, genes, magnitude, cluster)
+
+
+def _sae_outputs(rng: np.random.Generator, n_perts: int, n_genes: int, n_features: int = 256
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """SAE features with no relation to any panel: sparse activity per perturbation, and ablation
+    effects with a gene-specific scale (some genes move under any patch, as in a real model)."""
+    on = rng.random((n_perts, n_features)) < 0.25
+    magnitude = np.exp(rng.normal(0, 0.5, (n_perts, n_features))) * on
+    frequency = on * rng.uniform(0.2, 1.0, (n_perts, n_features))
+    effects = rng.normal(size=(n_features, n_perts, n_genes)) * np.exp(rng.normal(0, 0.7, n_genes))
+    return np.stack([frequency * magnitude, frequency, magnitude]), effects
 
 
 @dataclass(frozen=True)

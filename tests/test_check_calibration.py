@@ -52,6 +52,9 @@ SET_TESTS = [
     ("routing_axes", {"by": "gene_loadings"}, ONE, False),
     ("routing_divergence", {}, PAIR, False),
     ("routing_consistency", {}, PAIR, False),
+    # selectivity against re-initialised copies is a condition of its own: the level is the p's
+    ("sae_feature_patching", {"n_cell_sets": 2, "reinit_copies": 0}, ONE, False),
+    ("sae_conserved_drivers", {}, PAIR, False),
 ]
 WHOLE_MODEL = ["routing_output_correlation", "routing_cluster_sharing"]
 FAMILY = len(SET_TESTS) + len(WHOLE_MODEL)

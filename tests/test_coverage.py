@@ -132,14 +132,14 @@ def _mantel_r(x, y):
 
 
 @pytest.mark.parametrize("n", [12, 30])
-def test_mantel_r_jackknife_interval_over_kds(n):
+def test_mantel_rjackknife_interval_over_kds(n):
     """routing_output_correlation: the true r is that of a population of 3,000 KDs. The bootstrap of
     KDs it replaced covered 0.99 at 30 KDs (400 draws)."""
     truth = _mantel_r(*_similarities(np.random.default_rng(10**6), 3000))
     assert 0.92 <= _coverage(lambda rng: matrix_tests.mantel_ci(*_similarities(rng, n)), truth) <= 0.98
 
 
-def test_jackknife_intervals_equal_the_leave_one_out_recomputation():
+def testjackknife_intervals_equal_the_leave_one_out_recomputation():
     rng = np.random.default_rng(3)
     x, y = _similarities(rng, 15)
     labels = rng.integers(0, 3, 15)

@@ -134,7 +134,7 @@ def test_the_toy_statistic_is_the_one_its_numbers_say(toy_run):
 
 def test_built_in_families_are_found_without_a_list_to_edit():
     assert set(CHECKS.families()) == {"pert_embedding", "representation", "targeted_jacobian", "knockout",
-                                      "routing", "model_audit"}
+                                      "routing", "model_audit", "sae_patching", "sae_conserved"}
     assert CHECKS.cards()["knockout_cross_line"]["reference"] == "mean_r_all_genes"
 
 

@@ -123,3 +123,45 @@ def test_the_decoder_is_loaded_and_checked(tmp_path):
     torch.save({**weights, "W_dec": weights["W_dec"].clone().fill_(float("nan"))}, tmp_path / "nan.pt")
     with pytest.raises(ModelLoadError, match="W_dec hold NaN"):
         load_sae(tmp_path / "nan.pt", "topk", 4)
+
+
+@pytest.mark.parametrize("mode, scale", [("ablate", 0.0), ("steer", 0.7)])
+def test_batched_masks_give_each_masks_own_patched_prediction(mode, scale):
+    """masked_effects patches a different feature set in each batch element; each must equal the
+    one-intervention forward pass of patched_outputs."""
+    from probes.patching import feature_masks, masked_effects
+
+    model, sae = tiny_state_model("GPT2", hidden=HIDDEN), _sae(activation="relu", k=None)
+    cells, reprs = _inputs(model)
+    sets = torch.stack([cells, cells.flip(0)])
+    orders = torch.stack([torch.arange(8), torch.arange(8).flip(0)])
+    chosen = [(), (1, 4, 9), (0,), tuple(range(0, FEATURES, 3))]
+    effects = masked_effects(model, sets, reprs[:3], sae, 1, feature_masks(chosen, FEATURES), orders, mode, scale,
+                             chunk=3)
+    assert effects.shape == (4, 3, 12)
+    with torch.no_grad():
+        for n, features in enumerate(chosen):
+            direct = sum((patched_outputs(model, s[o], reprs[:3], sae, 1, Intervention(features, mode, scale))
+                          - forward_sets(model, s[o], reprs[:3])).mean(dim=1) for s in sets for o in orders) / 4
+            assert torch.allclose(torch.from_numpy(effects[n]).float(), direct, atol=1e-5)
+    assert (effects[0] == 0).all() and abs(effects[1:]).max() > 1e-4
+
+
+def test_feature_activity_counts_mean_frequency_and_magnitude_from_the_captured_layer():
+    from probes.patching import feature_activity
+
+    model, sae = tiny_state_model("GPT2", hidden=HIDDEN), _sae()
+    cells, reprs = _inputs(model)
+    captured = []
+    handle = backbone_blocks(model)[0].register_forward_hook(lambda _m, _i, out: captured.append(out[0]))
+    with torch.no_grad():
+        forward_sets(model, cells, reprs)
+    handle.remove()
+    f = sae.encode(captured[0]).double()                                    # [K, S, F]
+    found = feature_activity(model, cells[None], reprs, sae, 0, torch.arange(8)[None])
+    active = (f > 0).double()
+    assert torch.allclose(torch.from_numpy(found["mean"]), f.mean(dim=1))
+    assert torch.allclose(torch.from_numpy(found["frequency"]), active.mean(dim=1))
+    expected = torch.where(active.sum(1) > 0, f.sum(1) / active.sum(1).clamp(min=1), torch.zeros(()).double())
+    assert torch.allclose(torch.from_numpy(found["magnitude"]), expected)
+    assert (found["frequency"].sum(axis=1) == 6).all()                      # TopK keeps k = 6 per cell

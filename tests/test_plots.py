@@ -75,3 +75,21 @@ def test_intervals_place_estimates_and_mark_rows_wholly_above_the_reference():
     reference = re.search(r'<line x1="([\d.]+)" x2="\1" y1="12"', svg)
     assert float(reference.group(1)) == pytest.approx(200 + 0.05 / 0.7 * 232, abs=0.2)
     assert plots.intervals_svg([], [], [], 0.05) == ""
+
+
+def test_the_2d_map_is_the_first_two_principal_components_labelled_by_panel():
+    from suite.checks.common import pca_map
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 6)) * [5, 3, 1, 1, 1, 1]
+    names = [f"k{i}" for i in range(30)]
+    found = pca_map(x, names, {"p": ("k0", "k1", "k2"), "q": ("k3", "k4")}, "p")
+    values, vectors = np.linalg.eigh(np.cov(x.T))               # the covariance's leading eigenvectors
+    scores = (x - x.mean(0)) @ vectors[:, ::-1][:, :2]
+    for axis, key in enumerate(("x", "y")):
+        assert abs(np.corrcoef(found[key], scores[:, axis])[0, 1]) == pytest.approx(1.0, abs=1e-6)
+    assert found["x_label"] == f"PC1 ({values[-1] / values.sum():.0%})"
+    assert found["groups"][:6] == ["p", "p", "p", "q", "q", "other"] and found["highlight"][:4] == [True] * 3 + [False]
+    svg = str(plots.scatter_svg(found))
+    assert svg.count(plots.RED) == 3 and svg.count(plots.PANEL_COLOURS[0]) == 3     # 2 dots and the legend
+    assert "<title>q</title>" in svg

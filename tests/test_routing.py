@@ -185,7 +185,7 @@ def test_a_re_initialised_model_does_not_pass_a_whole_model_routing_check(write,
 
 
 def test_copies_are_drawn_until_one_matches_the_trained_model():
-    from suite.checks.routing import copies_until_matched
+    from suite.checks.common import copies_until_matched
 
     drawn = []
 

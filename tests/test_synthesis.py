@@ -68,3 +68,36 @@ def test_grids_per_model_and_pair_with_organized_columns_first():
     assert [[cell["verdict"] for cell in cells] for cells in model["rows"][0]["cells"]] == [["pass"], ["fail"]]
     assert model["overall"][0]["hypothesis"] == "audit"
     assert grids[1]["rows"][0]["reading"] is None
+
+
+def _grid(cases, name):
+    return next(g for g in synthesize(cases)["grids"] if g["name"] == name)
+
+
+def test_a_pair_case_with_a_side_speaks_for_both_of_its_models():
+    cases = [_case("organized-1", "organized", "fail", model="m1"), _case("routed-1", "routed", "pass", model="m1"),
+             _case("routed-1", "routed", "pass", model="m2"),
+             *[_case(f"conserved-{i}", "organized", "pass", pair="m1-vs-m2") for i in range(2)],
+             _case("agreement", None, "pass", pair="m1-vs-m2")]
+    for model in ("m1", "m2"):
+        grid = _grid(cases, model)
+        assert [c["hypothesis"] for c in grid["columns"]] == (["organized-1"] if model == "m1" else []) + [
+            "conserved-0", "conserved-1", "routed-1"]
+        assert grid["rows"][0]["reading"]["organized"]["text"] == (
+            "2 of 3 pass with q < 0.05" if model == "m1" else "2 of 2 pass with q < 0.05")
+    assert [c["hypothesis"] for c in _grid(cases, "m1-vs-m2")["columns"]] == ["conserved-0", "conserved-1",
+                                                                              "agreement"]
+
+
+@pytest.mark.parametrize("patching, jacobian, q, circuit", [
+    ("pass", "pass", 0.001, True), ("pass", "fail", 0.001, False), ("fail", "pass", 0.001, False),
+    ("pass", "pass", 0.2, False)])     # passes that do not survive the correction are no evidence
+def test_convergent_circuit_evidence_needs_the_targeted_jacobian_and_feature_patching_to_pass(
+        patching, jacobian, q, circuit):
+    cases = [{**_case("tj", "routed", jacobian, q=q), "probe": "targeted_jacobian"},
+             {**_case("patch", "routed", patching, q=q), "probe": "sae_feature_patching"},
+             {**_case("coh", "organized", "pass"), "probe": "representation_coherence"}]
+    reading = _grid(cases, "m1")["rows"][0]["reading"]
+    assert (reading["circuit"] is not None) == circuit
+    if circuit:
+        assert reading["circuit"].startswith("convergent circuit evidence")

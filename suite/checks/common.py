@@ -18,7 +18,7 @@ the control, which a plain label permutation reads as coherence.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -30,6 +30,7 @@ from .. import stats
 if TYPE_CHECKING:
     from ..panels import Panel
     from ..session import RunContext
+    from ..verdicts import Evidence
 
 Magnitude = Callable[[], np.ndarray]
 NullModel = Literal["magnitude_stratified", "label_permutation"]
@@ -216,6 +217,23 @@ def histogram(null: np.ndarray, observed: float, bins: int = 30) -> dict:
     return {"counts": counts.tolist(), "edges": edges.tolist(), "observed": observed}
 
 
+def pca_map(x: np.ndarray, names: Sequence[str], groups: dict[str, tuple[str, ...]], pathway: str) -> dict:
+    """A 2-D map of the rows of `x` (KDs' shifts, genes' KO profiles) for the card: their first two
+    principal components (numpy's SVD of the centred rows; the notes drew UMAP, whose numba start-up
+    costs more than a card's worth of time), each row labelled by the panel it belongs to, the
+    case's pathway highlighted."""
+    centred = np.asarray(x, dtype=float) - np.asarray(x, dtype=float).mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    coords = u[:, :2] * s[:2] if len(s) >= 2 else np.zeros((len(x), 2))
+    panel_of = {n: g for g, members in groups.items() for n in members if g != pathway}
+    panel_of |= {n: pathway for n in groups.get(pathway, ())}
+    explained = (s[:2] ** 2 / max(float((s ** 2).sum()), 1e-300)).tolist() if len(s) >= 2 else [0.0, 0.0]
+    return {"x": np.round(coords[:, 0], 4).tolist(), "y": np.round(coords[:, 1], 4).tolist(),
+            "groups": [panel_of.get(n, "other") for n in names],
+            "highlight": [panel_of.get(n) == pathway for n in names],
+            "x_label": f"PC1 ({explained[0]:.0%})", "y_label": f"PC2 ({explained[1]:.0%})"}
+
+
 def similarity_heatmap(similarity: Callable[[list[int]], np.ndarray], names: list[str], members: np.ndarray,
                        groups: dict[str, tuple[str, ...]], pathway: str, limit: int = 40) -> dict:
     """A KD x KD (or gene x gene) similarity block for the report, ordered by pathway: the
@@ -237,3 +255,38 @@ def similarity_heatmap(similarity: Callable[[list[int]], np.ndarray], names: lis
     shown, labels = shown + filler, labels + ["other"] * len(filler)
     block = np.round(similarity(shown), 2)
     return {"names": [names[i] for i in shown], "groups": labels, "values": block.tolist()}
+
+
+def beat_copies(evidence: Evidence, observed: float, drawn: Iterable[float], asked: int, name: str,
+                what: str = "") -> Evidence:
+    """The evidence with one more condition, selectivity: `observed` (the model's statistic) beats the
+    same statistic on each of `asked` re-initialised copies of model `name` (`drawn` yields them one
+    at a time). An architecture can produce a statistic by itself; a pass must be more than that."""
+    if asked == 0:
+        return evidence
+    copies = copies_until_matched(observed, drawn)
+    if not all(np.isfinite(copies)):
+        raise Inconclusive(f"the statistic is undefined on a re-initialised copy of '{name}' ({copies})")
+    margin = observed - max(copies)
+    held = margin > 0
+    stopped = "" if len(copies) == asked else f"; stopped after copy {len(copies)} of {asked}, which already matches it"
+    text = (f"selectivity: {what}{observed:.3g} {'>' if held else '<='} {max(copies):.3g}, the largest of "
+            f"{len(copies)} re-initialised copies ({', '.join(f'{c:.3g}' for c in copies)}){stopped}")
+    selectivity = {"reinitialised": [round(c, 4) for c in copies], "margin": round(margin, 4), "copies_asked": asked}
+    if what:
+        selectivity |= {"observed": observed, "of": what.rstrip(" ")}
+    return replace(evidence, conditions=(*evidence.conditions, (held, text)),
+                   n=evidence.n | {"reinit_copies": len(copies)},
+                   details=evidence.details | {"selectivity": selectivity})
+
+
+def copies_until_matched(value: float, drawn: Iterable[float]) -> list[float]:
+    """The copies' statistics, drawn one at a time until one reaches `value` (or is undefined): from
+    then on the condition fails whatever the other copies give, and each copy costs a model's worth
+    of probe outputs. So a pass has seen every copy, and a fail stops at the first copy that matches it."""
+    copies = []
+    for copy in drawn:
+        copies.append(copy)
+        if not (np.isfinite(copy) and copy < value):
+            break
+    return copies

@@ -92,6 +92,8 @@ def cross_line(case: Case, ctx: RunContext) -> Evidence:
            "permutations": p.n_permutations},
         null=common.set_null_text(p, len(members), len(genes), "KO-profile norm", "genes"),
         details={"mean_r_all_genes": float(np.nanmean(r)), "table": table, "dropped": dropped,
+                 "map": common.pca_map(a, genes, {n: panel.genes for n, panel in case.spec.panels.items()},
+                                       case.axes["pathway"]),
                  "sources": [source_a, source_b], "null_histogram": common.histogram(null, observed)})
 
 
@@ -118,6 +120,8 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
             lambda idx: stats.cosine_similarity_matrix(profiles[idx]), list(rows), members,
             {n: panel.genes for n, panel in case.spec.panels.items()}, case.axes["pathway"])) | {
             "members": present, "dropped": dropped, "source": source,
+            "map": common.pca_map(profiles, list(rows), {n: panel.genes for n, panel in case.spec.panels.items()},
+                                  case.axes["pathway"]),
             "genericness": {"members": float(np.mean(_match_on(profiles, "genericness")[members])),
                             "all_genes": float(np.mean(_match_on(profiles, "genericness")))}})
 

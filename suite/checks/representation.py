@@ -106,6 +106,8 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
             lambda idx: stats.cosine_similarity_matrix(x[idx]), scope.kds, members,
             {n: panel.kds for n, panel in case.spec.panels.items()}, case.axes["pathway"])) | {
             "null_mean_within": found.test.null_mean, "cell_set_bias": found.excess - effect,
+            "map": common.pca_map(x, scope.kds, {n: panel.kds for n, panel in case.spec.panels.items()},
+                                  case.axes["pathway"]),
             "members": scope.present, "dropped": scope.dropped, "learned": scope.learned})
 
 

@@ -26,8 +26,7 @@ control-task idea of probing research); the card shows the copies' values and th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -214,36 +213,9 @@ def _contrast(sim: np.ndarray, labels: np.ndarray, i: np.ndarray, j: np.ndarray)
 
 def _selective(evidence: Evidence, ctx: RunContext, name: str, p: RoutingParams, statistic) -> Evidence:
     """The evidence with one more condition: the statistic beats it on every re-initialised copy."""
-    if p.reinit_copies == 0:
-        return evidence
     setting = _setting(ctx, name, p)
     drawn = (statistic(ctx, reinitialised_name(name, i), p, setting)[0] for i in range(p.reinit_copies))
-    copies = copies_until_matched(evidence.value, drawn)
-    if not all(np.isfinite(copies)):
-        raise Inconclusive(f"the statistic is undefined on a re-initialised copy of '{name}' ({copies})")
-    margin = evidence.value - max(copies)
-    held = margin > 0
-    stopped = "" if len(copies) == p.reinit_copies else \
-        f"; stopped after copy {len(copies)} of {p.reinit_copies}, which already matches it"
-    text = (f"selectivity: {evidence.value:.3g} {'>' if held else '<='} {max(copies):.3g}, the largest of "
-            f"{len(copies)} re-initialised copies ({', '.join(f'{c:.3g}' for c in copies)}){stopped}")
-    return replace(evidence, conditions=(*evidence.conditions, (held, text)),
-                   n=evidence.n | {"reinit_copies": len(copies)},
-                   details=evidence.details | {"selectivity": {"reinitialised": [round(c, 4) for c in copies],
-                                                               "margin": round(margin, 4),
-                                                               "copies_asked": p.reinit_copies}})
-
-
-def copies_until_matched(value: float, drawn: Iterable[float]) -> list[float]:
-    """The copies' statistics, drawn one at a time until one reaches `value` (or is undefined): from
-    then on the condition fails whatever the other copies give, and each copy costs a model's worth
-    of Jacobians. So a pass has seen every copy, and a fail stops at the first copy that matches it."""
-    copies = []
-    for copy in drawn:
-        copies.append(copy)
-        if not (np.isfinite(copy) and copy < value):
-            break
-    return copies
+    return common.beat_copies(evidence, evidence.value, drawn, p.reinit_copies, name)
 
 
 # ---- SVD axes -----------------------------------------------------------------------------------
