@@ -325,6 +325,25 @@ def _decide(**numbers):
     return lambda tmp: lambda: decide(Evidence(**(base | numbers)), PassRule())
 
 
+def _var_dims_genes(entry) -> list[str]:
+    import pickle
+
+    return [str(g) for g in pickle.loads((entry.model_dir / "var_dims.pkl").read_bytes())["gene_names"]]
+
+
+def _swapped_var_dims_genes(entry) -> bytes:
+    genes = _var_dims_genes(entry)
+    genes[0], genes[1] = genes[1], genes[0]
+    return "".join(f"{g}\n" for g in genes).encode()
+
+
+def _uns_hvg_reversed(entry):
+    def edit(cells):
+        cells.uns["X_hvg_var_names"] = np.array(_var_dims_genes(entry)[::-1])
+        return cells
+    return edit
+
+
 def _gene_file(data: bytes | None = None, folder: bool = False):
     def change(tmp: Path, entry):
         path = tmp / "genes.txt"
@@ -518,6 +537,12 @@ CATALOGUE += [
     Mistake("gene-file-repeats-a-gene", _model(_gene_file(("RPL3\n" * 2 + "".join(f"G{i}\n" for i in range(198)))
                                                           .encode())),
             ModelLoadError, ("{tmp}/genes.txt: the gene-name file names 1 gene(s) more than once (RPL3)",)),
+    Mistake("gene-file-disagrees-with-var-dims", _model(lambda tmp, e: _gene_file(_swapped_var_dims_genes(e))(tmp, e)),
+            ModelLoadError, ("differ between registry genes file {tmp}/genes.txt and var_dims.pkl gene_names",
+                             "column 0 is", "fix 'genes:'")),
+    Mistake("cells-hvg-names-disagree-with-var-dims", _model(lambda tmp, e: _cells(tmp, e, _uns_hvg_reversed(e))),
+            ModelLoadError, ("differ between var_dims.pkl gene_names and {tmp}/cells.h5ad: uns['X_hvg_var_names']",
+                             "belongs to another model or gene selection")),
     Mistake("gene-file-not-utf8", _model(_gene_file("GÉNE\n".encode("latin-1"))), ModelLoadError,
             ("{tmp}/genes.txt", "not UTF-8 text")),
     Mistake("gene-file-is-a-folder", _model(_gene_file(folder=True)), ModelLoadError,

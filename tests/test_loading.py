@@ -128,6 +128,35 @@ def test_unresolvable_gene_basis_says_what_to_supply(model_copy, tmp_path):
     assert "200 genes" in str(info.value) and "240" in str(info.value)
 
 
+def test_gene_names_come_from_the_cells_uns_where_newer_arc_state_puts_them(model_copy, tmp_path):
+    """var_dims.pkl lists every measured gene (240), and the cells hold an obsm/X_hvg matrix without a
+    highly_variable column, whose 200 columns uns["X_hvg_var_names"] names: the names come from uns."""
+    import anndata as ad
+
+    genes = [str(g) for g in pickle.loads((model_copy.model_dir / "var_dims.pkl").read_bytes())["gene_names"]]
+    cells = ad.read_h5ad(model_copy.cells_path)
+    measured = ad.AnnData(np.hstack([np.asarray(cells[:, genes].X), np.asarray(cells.X[:, :40])]), obs=cells.obs)
+    measured.var_names = genes + [f"EXTRA{i}" for i in range(40)]
+    measured.obsm["X_hvg"] = np.asarray(cells[:, genes].X)
+    measured.uns["X_hvg_var_names"] = np.array(genes)
+    measured.write_h5ad(tmp_path / "measured.h5ad")
+    var_dims = pickle.loads((model_copy.model_dir / "var_dims.pkl").read_bytes())
+    var_dims["gene_names"] = list(measured.var_names)               # the full list: not the input genes
+    (model_copy.model_dir / "var_dims.pkl").write_bytes(pickle.dumps(var_dims))
+    model = load_model(replace(model_copy, cells_path=tmp_path / "measured.h5ad", matrix="obsm/X_hvg"), CPU)
+    assert model.gene_source == f"{tmp_path / 'measured.h5ad'}: uns['X_hvg_var_names']"
+    assert list(model.gene_names) == genes
+    controls = np.asarray(cells[:, genes].X)[(cells.obs["gene"] == "non-targeting").to_numpy()]
+    assert torch.equal(model.cells, torch.as_tensor(controls))
+
+
+def test_gene_name_sources_that_agree_are_fine_and_the_first_one_is_named(model_copy, tmp_path):
+    genes = [str(g) for g in pickle.loads((model_copy.model_dir / "var_dims.pkl").read_bytes())["gene_names"]]
+    (tmp_path / "genes.txt").write_text("\n".join(genes))
+    model = load_model(replace(model_copy, genes_path=tmp_path / "genes.txt"), CPU)
+    assert model.gene_source == f"registry genes file {tmp_path / 'genes.txt'}" and list(model.gene_names) == genes
+
+
 def test_cells_problems_are_explained(model_copy, tmp_path):
     import anndata as ad
 
