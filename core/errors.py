@@ -8,7 +8,9 @@
     │   └── UnsafeCheckpointError  a pickle asks for a global outside the allowlist; refused
     │                              before anything in it runs
     ├── ProbeError                 a probe failed on inputs that passed validation
-    └── FamilyError                a probe family module cannot be registered (suite/families.py)
+    ├── FamilyError                a probe family module cannot be registered (suite/families.py)
+    └── MergeError                 the runs given to `python -m suite.merge` are not the parts of one
+                                   run (a part missing or twice, a case in two parts or in none)
 
     Inconclusive                   not an error: a test that cannot be run fairly (too few
                                    panel members present, zero variance); carries the reason
@@ -70,6 +72,10 @@ class ProbeError(SuiteError):
 
 class FamilyError(SuiteError):
     """A probe family module that cannot be imported or registered."""
+
+
+class MergeError(SuiteError):
+    """The runs given to merge are not the parts of one sharded run."""
 
 
 class Inconclusive(Exception):

@@ -106,6 +106,9 @@ class RecordKeeper:
         if self.state.baseline is not None:
             run["baseline"] = against_baseline(self.state.baseline, cases, run["models"])
         run["cache"] = _cache_totals(cases)
+        if self.state.shard is not None:
+            run["shard"] = {"index": self.state.shard.index, "count": self.state.shard.count,
+                            "cases": self.state.run_cases or []}
         run["cache_dir"] = str(self.state.cache_dir) if self.state.cache_dir else None
         if self.state.calibration is not None:
             run["calibration"] = {**asdict(self.state.calibration), "alpha": ALPHA, "rows": summarize(cases)}

@@ -1,7 +1,8 @@
 """The suite's pytest plugin (loaded through the `pytest11` entry point).
 
 Options: --models, --hypotheses, --report-dir, --device, --threads, --cell-orderings, --baseline,
---update-baseline, --cache-dir, --no-cache, --calibrate (with --null-draws, --null-inits); the ini
+--update-baseline, --cache-dir, --no-cache, --calibrate (with --null-draws, --null-inits), --shard
+(suite/shard.py: one part of the cases, for runs over several machines); the ini
 option probe_families names further probe family modules (suite/families.py), registered at start.
 conftest.py turns the YAML hypotheses into `test_hypothesis` cases with
 pytest_generate_tests (so fixtures, -k/-m, ids and xdist keep working). Each case's record
@@ -34,6 +35,7 @@ from .families import CHECKS
 from .keeper import RecordKeeper
 from .progress import Progress
 from .runinfo import new_run_id
+from .shard import Shard, select
 from .spec import load_expectations, load_spec_dir
 from .verdicts import HypothesisFailed, Regression
 
@@ -55,6 +57,8 @@ class SuiteState:
     started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     registry: dict[str, ModelEntry] | None = None
     threads: str = ""              # torch's CPU threads for this process, and why
+    shard: Shard | None = None
+    run_cases: list[str] | None = None   # with --shard: every case id of the whole run, in order
 
 
 STATE = pytest.StashKey[SuiteState]()
@@ -84,6 +88,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="with --calibrate: label permutations per case with a pathway (default: 10)")
     group.addoption("--null-inits", type=int, default=1, metavar="N",
                     help="with --calibrate: re-initialised copies of each model (default: 1)")
+    group.addoption("--shard", default=None, metavar="I/N",
+                    help="run the I-th of N parts of the cases (whole models each); join the parts' runs with "
+                         "`python -m suite.merge`")
     group.addoption("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     group.addoption("--threads", default="torch", metavar="torch|auto|N",
                     help="torch CPU threads per process; torch: torch's default (every core); auto: the cores "
@@ -107,6 +114,7 @@ def pytest_configure(config: pytest.Config) -> None:
                        _cell_orderings(config),
                        _baseline(config), config.getoption("--update-baseline"), _cache_dir(config),
                        _calibration(config))
+    state.shard = Shard.parse(config.getoption("--shard")) if config.getoption("--shard") else None
     try:
         resolve_device(state.device_choice)      # a device that is not there: say so now, not at the first case
         state.threads = size_threads(config.getoption("--threads"),
@@ -121,6 +129,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(RecordKeeper(state), "st-record-keeper")
     for name, check in CHECKS.items():
         config.addinivalue_line("markers", f"{name}: hypotheses using the {name} probe ({check.summary})")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[STATE]
+    if state.shard is not None:
+        state.run_cases = select(items, config, state.shard)
 
 
 @pytest.hookimpl(wrapper=True)
