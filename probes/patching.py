@@ -25,7 +25,7 @@ import torch
 
 from core.errors import ProbeError
 
-from .forward import check_supported, forward_sets, pert_representations
+from .forward import check_supported, forward_sets
 from .representations import backbone_blocks, check_layer
 from .sae import SparseAutoencoder
 
@@ -85,21 +85,6 @@ def patched_outputs(module: torch.nn.Module, cells: torch.Tensor, pert_repr: tor
         return forward_sets(module, cells, pert_repr)
     finally:
         hook.remove()
-
-
-@torch.no_grad()
-def patching_effects(module: torch.nn.Module, onehots: torch.Tensor, cells: torch.Tensor, sae: SparseAutoencoder,
-                     layer: int, intervention: Intervention, orderings: torch.Tensor) -> np.ndarray:
-    """[n_perts, G] mean over the cells and `orderings` [N, S] of the patched prediction minus the
-    model's own, under each perturbation."""
-    check_supported(module)
-    reprs = pert_representations(module, onehots)
-    total = 0.0
-    for order in orderings:
-        ordered = cells[order.to(cells.device)]
-        own = forward_sets(module, ordered, reprs)
-        total = total + (patched_outputs(module, ordered, reprs, sae, layer, intervention) - own).mean(dim=1)
-    return (total / len(orderings)).double().cpu().numpy()
 
 
 def _hidden_of(output):

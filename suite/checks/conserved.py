@@ -162,7 +162,8 @@ def conserved_features(case: Case, ctx: RunContext) -> Evidence:
     pair = case.axes["model_pair"]
     found = _profiles(ctx, pair, p, _learned_by_both(ctx, pair))
     ranks_a, ranks_b = profile_ranks(found.a), profile_ranks(found.b)
-    observed = conserved_count(ranks_a, ranks_b, p.threshold, p.matching)
+    pairs, r = found.matched(p)
+    observed = int((r > p.threshold).sum())
     rng, n = np.random.default_rng(p.seed), len(found.kds)
     strata = [np.arange(n)] if p.null_model == "label_permutation" else \
         stats.magnitude_strata(_magnitude(found.a, found.b), np.arange(n), p.stratum_size)
@@ -174,7 +175,6 @@ def conserved_features(case: Case, ctx: RunContext) -> Evidence:
                                   p.threshold, p.matching) for k in range(len(found.kds))]
     interval = matrix_tests.jackknife_interval(float(observed), replicates)
     ci = None if interval is None else (interval[0] - null.mean(), interval[1] - null.mean())
-    pairs, r = found.matched(p)
     evidence = Evidence(
         statistic=f"conserved SAE-feature pairs (matched by {p.matching} Spearman r of KD profiles, r > {p.threshold})",
         value=float(observed), effect=float(observed - null.mean()), ci=ci, p=stats.exact_p(null, observed),
@@ -205,7 +205,9 @@ def conserved_drivers(case: Case, ctx: RunContext) -> Evidence:
     scope = common.scope(ctx, list(pair), panel.kds, panel, shared, models[0].gene_universe | models[1].gene_universe,
                          p)
     found = _profiles(ctx, pair, p, scope.kds)       # the KDs both models learned, as the whole-model check
-    matched, r = found.matched(p)
+    # one matching per model pair and setting, whichever pathway asks (a Hungarian assignment each)
+    matched, r = ctx.memo(("sae_matching", pair, tuple(found.kds), p.matching, p.n_cell_sets, p.cell_set_size,
+                           p.seed, p.cell_orderings), lambda: found.matched(p))
     conserved = matched[r > p.threshold]
     if len(conserved) < p.min_conserved:
         raise Inconclusive(f"only {len(conserved)} SAE-feature pairs of {pair[0]} and {pair[1]} are conserved (r > "
