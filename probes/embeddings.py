@@ -18,7 +18,7 @@ import torch
 
 from core.errors import Inconclusive
 
-from .forward import check_supported, forward_sets, pert_representations
+from .forward import check_supported, forward_sets, output_width, pert_representations
 
 
 @torch.no_grad()
@@ -74,7 +74,7 @@ def output_shifts(module: torch.nn.Module, onehots: torch.Tensor, control_index:
     check_supported(module)
     reprs = pert_representations(module, onehots)
     orders = orderings if orderings is not None else torch.arange(cell_set.shape[0])[None]
-    total = torch.zeros(reprs.shape[0], cell_set.shape[1], dtype=torch.float64, device=cell_set.device)
+    total = torch.zeros(reprs.shape[0], output_width(module), dtype=torch.float64, device=cell_set.device)
     for n, order in enumerate(orders):
         cells = cell_set[order.to(cell_set.device)]
         for start in range(0, reprs.shape[0], chunk_size):

@@ -30,7 +30,7 @@ from torch.func import jvp, vmap
 
 from core.errors import ProbeError
 
-from .forward import forward_sets
+from .forward import forward_sets, output_width
 
 
 @contextmanager
@@ -144,8 +144,8 @@ def targeted_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs:
     overhead dominates, so the block is as large as `budget` floats of tangent activations allow."""
     if mode not in ("per_cell", "set"):
         raise ValueError(f"mode must be per_cell or set, not {mode!r}")
-    size, n_genes = cells.shape
-    n_orders = len(orderings)
+    size, n_inputs = cells.shape
+    n_genes, n_orders = output_width(module), len(orderings)
     ordered = torch.stack([cells[order.to(cells.device)] for order in orderings])      # [N, S, G]
     total = np.zeros((len(pert_reprs), len(regulators), n_genes))
     with forward_mode_backbone(module, cells, pert_reprs[0]):
@@ -153,7 +153,7 @@ def targeted_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs:
         # one pass gives every cell's own sensitivity: the set-mode tangents, reduced without the 1/S
         tangents = _tangents(cells, regulators, "set" if one_pass else mode)
         reduction = "diagonal" if one_pass else mode
-        width = max(n_genes, 4 * pert_reprs.shape[1])
+        width = max(n_inputs, n_genes, 4 * pert_reprs.shape[1])
         per_set = size * width                      # floats one tangent moves through one set, at the widest
         budget = budget or _budget(cells.device)
         kd_block = max(1, budget // (len(tangents) * n_orders * per_set))
@@ -161,7 +161,7 @@ def targeted_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs:
         with self_tangent_attention() if one_pass else nullcontext():
             for start in range(0, len(pert_reprs), kd_block):
                 block = pert_reprs[start:start + kd_block]                               # [B, H]
-                sets = ordered[None].expand(len(block), -1, -1, -1).reshape(-1, size, n_genes)
+                sets = ordered[None].expand(len(block), -1, -1, -1).reshape(-1, size, n_inputs)
                 reprs = block[:, None, :].expand(-1, n_orders, -1).reshape(-1, block.shape[1])
                 moved = _output_tangents(module, sets, reprs, tangents, tangent_chunk)  # [T, B*N, S, G]
                 result = _reduce(moved, len(regulators), size, reduction)              # [B*N, R, G]
@@ -218,7 +218,7 @@ def targeted_jacobians_reference(module: torch.nn.Module, cells: torch.Tensor, p
     the algorithm before batching, kept as the reference that tests and bench/jacobian_bench.py compare with."""
     size = cells.shape[0]
     tangents = _tangents(cells, regulators, mode)
-    total = np.zeros((len(pert_reprs), len(regulators), cells.shape[1]))
+    total = np.zeros((len(pert_reprs), len(regulators), output_width(module)))
     with attention_implementation(module, "eager"):
         for order in orderings:
             ordered = cells[order.to(cells.device)]

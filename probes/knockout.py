@@ -16,7 +16,7 @@ import torch
 
 from core.errors import ModelLoadError, close_matches, repeated
 
-from .forward import check_supported, forward_sets
+from .forward import check_supported, forward_sets, output_width
 
 
 @torch.no_grad()
@@ -24,7 +24,7 @@ def knockout_matrix(module: torch.nn.Module, cells: torch.Tensor, pert_repr: tor
                     orderings: torch.Tensor, chunk_size: int = 64) -> np.ndarray:
     """[len(genes), G]: the mean output shift of zeroing each gene's input in every cell."""
     check_supported(module)
-    rows = np.zeros((len(genes), cells.shape[1]))
+    rows = np.zeros((len(genes), output_width(module)))
     for order in orderings:
         ordered = cells[order.to(cells.device)]
         base = forward_sets(module, ordered, pert_repr[None])[0].mean(dim=0)

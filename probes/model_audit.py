@@ -17,7 +17,7 @@ import torch
 
 from . import audit
 from .embeddings import sample_cells
-from .forward import backbone, forward_sets
+from .forward import backbone, encode_cells, forward_sets
 
 if TYPE_CHECKING:   # only named in annotations: probes never import the loaders above them
     from fixtures.arc_state import LoadedModel
@@ -64,7 +64,9 @@ def audit_model(model: LoadedModel, kd_shifts: np.ndarray, cell_orderings: int) 
         control = module.pert_encoder(model.pert_onehots[model.pert_index(model.control_pert)][None])
 
     def hidden(c: torch.Tensor) -> torch.Tensor:
-        return backbone(module, module.basal_encoder(c)[None] + control[:, None, :])[0]
+        cell_repr, _, batch_repr = encode_cells(module, c[None])
+        seq = cell_repr + control[:, None, :]
+        return backbone(module, seq if batch_repr is None else seq + batch_repr)[0]
 
     def output(c: torch.Tensor) -> torch.Tensor:
         return forward_sets(module, c, control)[0]

@@ -25,7 +25,7 @@ import torch
 
 from core.errors import ProbeError
 
-from .forward import check_supported, forward_sets
+from .forward import cell_positions, check_supported, forward_sets, output_width
 from .representations import backbone_blocks, check_layer
 from .sae import SparseAutoencoder
 
@@ -76,9 +76,7 @@ def patched_outputs(module: torch.nn.Module, cells: torch.Tensor, pert_repr: tor
     check_layer(module, layer)
 
     def patch(_module, _inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        patched = hidden + patch_delta(sae, hidden, intervention)
-        return (patched, *output[1:]) if isinstance(output, tuple) else patched
+        return _patched(module, output, cells.shape[-2], lambda hidden: patch_delta(sae, hidden, intervention))
 
     hook = backbone_blocks(module)[layer].register_forward_hook(patch)
     try:
@@ -89,6 +87,16 @@ def patched_outputs(module: torch.nn.Module, cells: torch.Tensor, pert_repr: tor
 
 def _hidden_of(output):
     return output[0] if isinstance(output, tuple) else output
+
+
+def _patched(module: torch.nn.Module, output, n_cells: int, delta: Callable[[torch.Tensor], torch.Tensor]):
+    """A block's output with `delta` of the cells' hidden states added at the cells' positions only
+    (the SAE read cells; a batch or confidence token is left as the model computed it)."""
+    hidden = _hidden_of(output)
+    where = cell_positions(module, n_cells)
+    patched = hidden.clone()
+    patched[:, where] = hidden[:, where] + delta(hidden[:, where])
+    return (patched, *output[1:]) if isinstance(output, tuple) else patched
 
 
 @torch.no_grad()
@@ -107,7 +115,7 @@ def feature_activity(module: torch.nn.Module, sets: torch.Tensor, reprs: torch.T
             for order in orderings:
                 captured.clear()
                 forward_sets(module, cells[order.to(cells.device)], reprs)
-                features = sae.encode(captured[0][:, : cells.shape[0], :]).double()     # [K, S, F]
+                features = sae.encode(captured[0][:, cell_positions(module, cells.shape[0]), :]).double()  # [K, S, F]
                 total = total + features.sum(dim=1)
                 active = active + (features > 0).double().sum(dim=1)
                 count += features.shape[1]
@@ -130,11 +138,9 @@ def masked_effects(module: torch.nn.Module, sets: torch.Tensor, reprs: torch.Ten
     batch: list[torch.Tensor] = []       # the masks of the pass under way, one per batch element
 
     def patch(_module, _inputs, output):
-        hidden = _hidden_of(output)
-        patched = hidden + masked_delta(sae, hidden, batch[0], mode, scale)
-        return (patched, *output[1:]) if isinstance(output, tuple) else patched
+        return _patched(module, output, sets.shape[-2], lambda hidden: masked_delta(sae, hidden, batch[0], mode, scale))
 
-    out = torch.zeros(len(masks), len(reprs), sets.shape[-1], dtype=torch.float64, device=sets.device)
+    out = torch.zeros(len(masks), len(reprs), output_width(module), dtype=torch.float64, device=sets.device)
     steps, done = len(reprs) * len(sets) * len(orderings), 0
     for k, rep in enumerate(reprs):
         for cells in sets:

@@ -19,7 +19,7 @@ import torch
 
 from core.errors import ProbeError
 
-from .forward import check_supported, forward_sets, pert_representations
+from .forward import cell_positions, check_supported, forward_sets, pert_representations
 from .sae import SparseAutoencoder
 
 
@@ -95,7 +95,7 @@ def _mean_readout(module: torch.nn.Module, cells: torch.Tensor, reprs: torch.Ten
         forward_sets(module, cells, reprs)
     finally:
         hook.remove()
-    hidden = captured[0][:, : cells.shape[0], :]     # drop an appended confidence token
+    hidden = captured[0][:, cell_positions(module, cells.shape[0]), :]     # without the special tokens
     features = readout.sae.encode(hidden) if readout.kind == "sae" else hidden
     return features.mean(dim=1)
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.func import jacfwd, jvp, vmap
 
-from .forward import decode
+from .forward import decode, encode_cells, output_width
 from .jacobian import forward_mode_backbone
 
 Progress = Callable[[int, int], None]
@@ -38,25 +38,28 @@ def pert_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs: tor
     """[K, G, H] Jacobians of the cell-averaged prediction with respect to each KD's pert_repr,
     averaged over `orderings` [N, S] of the cell set; written into `out` when given."""
     n_kds, hidden = pert_reprs.shape
-    result = out if out is not None else np.zeros((n_kds, cells.shape[1], hidden), dtype=np.float32)
+    result = out if out is not None else np.zeros((n_kds, output_width(module), hidden), dtype=np.float32)
     directions = torch.eye(hidden, device=cells.device, dtype=cells.dtype)
-    cell_reprs = [module.basal_encoder(cells[order.to(cells.device)])[None] for order in orderings]
+    encoded = [tuple(None if part is None else part[None]
+                     for part in encode_cells(module, cells[order.to(cells.device)])) for order in orderings]
     with forward_mode_backbone(module, cells, pert_reprs[0]):
         for start in range(0, n_kds, kd_chunk):
             block = pert_reprs[start:start + kd_chunk]
-            total = sum(_block_jacobian(module, cell_repr, block, directions, direction_chunk)
-                        for cell_repr in cell_reprs)
-            result[start:start + len(block)] = (total / len(cell_reprs)).cpu().numpy()
+            total = sum(_block_jacobian(module, one, block, directions, direction_chunk) for one in encoded)
+            result[start:start + len(block)] = (total / len(encoded)).cpu().numpy()
             if progress:
                 progress(start + len(block), n_kds)
     return result
 
 
-def _block_jacobian(module: torch.nn.Module, cell_repr: torch.Tensor, block: torch.Tensor, directions: torch.Tensor,
+def _block_jacobian(module: torch.nn.Module, encoded: tuple, block: torch.Tensor, directions: torch.Tensor,
                     chunk: int | None) -> torch.Tensor:
-    """[B, G, H] for a block of KDs: one forward-mode pass per pert_repr direction, vmapped."""
+    """[B, G, H] for a block of KDs: one forward-mode pass per pert_repr direction, vmapped; `encoded`
+    is forward.encode_cells of the set, with a leading axis of 1."""
     def mean_output(pert_repr: torch.Tensor) -> torch.Tensor:
-        return decode(module, cell_repr.expand(len(pert_repr), -1, -1), pert_repr[:, None, :]).mean(dim=1)
+        cell_repr, basal, batch_repr = (None if part is None else part.expand(len(pert_repr), -1, -1)
+                                        for part in encoded)
+        return decode(module, cell_repr, pert_repr[:, None, :], basal, batch_repr).mean(dim=1)
 
     def column(direction: torch.Tensor) -> torch.Tensor:
         return jvp(mean_output, (block,), (direction.expand_as(block),))[1]

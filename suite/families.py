@@ -41,6 +41,9 @@ ENTRY_POINTS = "st_hypotheses.families"
 # (is it routed through the model's Jacobians?)
 Side = Literal["organized", "routed"]
 
+# a check that sets or differentiates input genes and reads genes in the prediction (Check.needs)
+GENE_LEVEL = frozenset({"gene_inputs", "gene_outputs"})
+
 
 @dataclass(frozen=True)
 class Check:
@@ -53,6 +56,9 @@ class Check:
     validate: Callable[[Any], str | None] = lambda params: None          # cross-field checks of params
     side: Side | None = None   # which half of the dual-probe synthesis a per-pathway pass speaks for
     calibrated: bool = True    # --calibrate reruns it under nulls (not for measurements without a test)
+    # what its models must have, else the case is inconclusive (suite/verdicts.py): "gene_inputs" (it sets
+    # or differentiates input genes) and "gene_outputs" (it reads panel genes in the prediction)
+    needs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,8 @@ class RunContext:
             size = min(model.cell_set_len, len(screen.controls))
             n_sets = max(1, min(LEARNEDNESS_SETS, len(screen.controls) // size))
             predicted = self.stored("screen_predictions", name, lambda: self._screen_predictions(
-                model, screen.controls, n_sets, size), sets=n_sets, size=size)
+                model, screen.controls if screen.inputs is None else screen.inputs, n_sets, size), sets=n_sets,
+                size=size)
             return learnedness.judge(
                 kds, predicted[[model.pert_index(k) for k in kds]], predicted[-1],
                 [screen.kd_cells.get(k) for k in kds], screen.controls, np.random.default_rng(LEARNEDNESS_SEED),

@@ -126,6 +126,7 @@ def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> C
     record = record or skeleton(case)
     start, cached = time.perf_counter(), ctx.cache_snapshot()
     try:
+        require_kind(case, ctx)
         evidence = case.spec.check.run(case, ctx)
     except Inconclusive as exc:
         record.verdict, record.reason = "inconclusive", exc.reason
@@ -140,6 +141,28 @@ def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> C
         record.seconds = round(time.perf_counter() - start, 3)
         record.cache = ctx.cache_since(cached)
     return record
+
+
+NEEDS = {
+    "gene_inputs": (lambda model: model.input_genes is not None,
+                    "it sets or differentiates the model's input genes, and model '{name}' {kind}: it has no "
+                    "gene-level inputs"),
+    "gene_outputs": (lambda model: model.output == "genes",
+                     "it reads the panel's genes in the prediction, and model '{name}' {kind}: no genes; set "
+                     "'output: genes' on it in the models registry if it has a gene decoder"),
+}
+
+
+def require_kind(case: Case, ctx: RunContext) -> None:
+    """Inconclusive, with the reason, when a model of the case is of a kind the check cannot read
+    (an SE-input model has no input genes; a model probed in embedding space has no output genes)."""
+    check = case.spec.check
+    for name in case.models:
+        model = ctx.model(name)
+        for need in sorted(check.needs):
+            holds, why = NEEDS[need]
+            if not holds(model):
+                raise Inconclusive(f"{check.name} does not apply: " + why.format(name=name, kind=model.kind))
 
 
 def _audit(case: Case, ctx: RunContext) -> None:

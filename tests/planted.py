@@ -57,6 +57,22 @@ class PlantedModel:
     def gene_universe(self) -> frozenset[str]:
         return frozenset(self.gene_names) | frozenset(self.kds)
 
+    # a gene-in, gene-out model (fixtures/arc_state.LoadedModel's kind fields)
+    output = "genes"
+    kind = "reads genes; probes read its gene expression"
+
+    @property
+    def input_genes(self) -> tuple[str, ...]:
+        return self.gene_names
+
+    @property
+    def expression(self) -> torch.Tensor:
+        return self.cells
+
+    @property
+    def output_expression(self) -> np.ndarray:
+        return self.cells.mean(dim=0).double().numpy()
+
     def pert_index(self, name: str) -> int:
         return self.pert_names.index(name)
 

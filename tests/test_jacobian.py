@@ -154,10 +154,10 @@ class _Jacobians:
         from types import SimpleNamespace
 
         self.jac = jac
-        self.m = SimpleNamespace(name="m", gene_names=GENES, kd_names=tuple(kds),
-                                 gene_universe=frozenset(GENES + tuple(kds)),
-                                 cells=torch.arange(1.0, 13.0).repeat(4, 1), cell_set_len=4,
-                                 pert_index=list(kds).index)
+        cells = torch.arange(1.0, 13.0).repeat(4, 1)
+        self.m = SimpleNamespace(name="m", gene_names=GENES, input_genes=GENES, kd_names=tuple(kds),
+                                 gene_universe=frozenset(GENES + tuple(kds)), cells=cells, cell_set_len=4,
+                                 output_expression=cells.mean(dim=0).double().numpy(), pert_index=list(kds).index)
 
     def model(self, name):
         return self.m

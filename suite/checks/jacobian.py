@@ -36,7 +36,7 @@ from probes.embeddings import sample_cells
 from probes.jacobian import targeted_jacobians
 
 from .. import matrix_tests
-from ..families import Card, Check, Family
+from ..families import GENE_LEVEL, Card, Check, Family
 from ..session import pert_reprs, require_finite
 from ..verdicts import Evidence
 from . import common
@@ -234,7 +234,7 @@ def _has_rows(ctx: RunContext, row: dict, kd: str, regulators: tuple[str, ...]) 
 
 def _targeted(ctx: RunContext, model: LoadedModel, kds: list[str], regulators: list[str], mode: str, size: int,
               seed: int, n_orderings: int) -> np.ndarray:
-    genes = [model.gene_names.index(g) for g in regulators]
+    genes = [model.input_genes.index(g) for g in regulators]
     block = targeted_jacobians(model.module, sample_cells(model.cells, size, seed), pert_reprs(model, kds), genes,
                                mode, random_orderings(size, n_orderings, seed),
                                progress=ctx.reporter(f"targeted Jacobians of {model.name} ({mode}, {len(genes)} "
@@ -256,14 +256,14 @@ def _design(case: Case, ctx: RunContext, model: LoadedModel, p: JacobianParams) 
 
     scope = common.scope(ctx, [model.name], panel.kds, panel, model.kd_names, model.gene_universe, p)
     kds, dropped = scope.present, scope.dropped
-    regulators, lost_r = resolve(panel.regulators, genes, "regulators", 1)
+    regulators, lost_r = resolve(panel.regulators, model.input_genes, "regulators", 1)
     targets, lost_t = resolve(panel.targets, genes, "targets", 1)
     size = p.cell_set_size or model.cell_set_len
     unrelated, matched_to = _unrelated(case, panel, model, kds, scope.kds, p, resolve, lambda: np.linalg.norm(
         ctx.output_shifts(model.name, size, p.seed, ctx.n_orderings(model.name, p.cell_orderings))[
             [model.pert_index(k) for k in model.kd_names]], axis=1))
     inside = set(panel.genes) | set(panel.kds) | set(regulators) | set(targets)
-    mean_expression = model.cells.mean(dim=0).double().cpu().numpy()
+    mean_expression = model.output_expression
     null_targets = _matched(targets, inside, case, panel, genes, mean_expression)
     null_regulators = _matched(regulators, inside | set(null_targets), case, panel, genes, mean_expression)
     return PanelDesign(kds, unrelated, regulators, targets, null_regulators, null_targets, dropped + lost_r + lost_t,
@@ -372,7 +372,8 @@ def _sizes(p: JacobianParams, design: PanelDesign, ctx: RunContext, model: Loade
 FAMILY = Family("targeted_jacobian", (
         Check("targeted_jacobian", ("model", "pathway"), JacobianParams, panel_test,
               "dY[target]/dX[regulator] higher under pathway KDs than unrelated KDs, for the pathway's targets only",
-              side="routed"),
+              side="routed", needs=GENE_LEVEL),
         Check("jacobian_routing_score", ("model", "pathway"), RoutingParams, routing_score,
-              "a per-KD score of pathway vs matched null sensitivity separates the pathway's KDs", side="routed"),
+              "a per-KD score of pathway vs matched null sensitivity separates the pathway's KDs", side="routed",
+              needs=GENE_LEVEL),
     ), Card(settings=("mode", "cell_set_size")))

@@ -36,7 +36,7 @@ from probes.embeddings import sample_cells
 from probes.knockout import knockout_matrix, load_knockout_matrix
 
 from .. import stats
-from ..families import Card, Check, Family
+from ..families import GENE_LEVEL, Card, Check, Family
 from ..session import parse_reinitialised, pert_reprs
 from ..verdicts import Evidence, PassRule
 from . import common
@@ -181,7 +181,7 @@ def knockouts(ctx: RunContext, name: str, genes: tuple[str, ...], perturbation: 
     def compute() -> np.ndarray:
         cells = sample_cells(model.cells, size, seed)
         rep = pert_reprs(model, [perturbation])[0]
-        return knockout_matrix(model.module, cells, rep, [model.gene_names.index(g) for g in genes],
+        return knockout_matrix(model.module, cells, rep, [model.input_genes.index(g) for g in genes],
                                random_orderings(size, n_orderings, seed))
 
     rows = ctx.stored("knockout", name, compute, genes=genes, perturbation=perturbation, size=size, seed=seed,
@@ -191,11 +191,12 @@ def knockouts(ctx: RunContext, name: str, genes: tuple[str, ...], perturbation: 
 
 def _ko_genes(case: Case, models: list[LoadedModel], p: KnockoutParams) -> tuple[str, ...]:
     """The panels' genes that every model reads, then the most variable others, up to n_genes."""
-    common_genes = [g for g in models[0].gene_names if all(g in set(m.gene_names) for m in models[1:])]
+    common_genes = [g for g in models[0].gene_names
+                    if all(g in set(m.gene_names) and g in set(m.input_genes) for m in models)]
     wanted = {g for panel in case.spec.panels.values() for g in panel.genes}
     chosen = [g for g in common_genes if g in wanted][: p.n_genes]
-    variance = models[0].cells.var(dim=0).double().cpu().numpy()
-    index = {g: i for i, g in enumerate(models[0].gene_names)}
+    variance = models[0].expression.var(dim=0).double().cpu().numpy()
+    index = {g: i for i, g in enumerate(models[0].input_genes)}
     rest = sorted((g for g in common_genes if g not in wanted), key=lambda g: -variance[index[g]])
     chosen += rest[: p.n_genes - len(chosen)]
     return tuple(g for g in common_genes if g in set(chosen))
@@ -223,7 +224,8 @@ def _coherence_rule(_params: KnockoutParams) -> PassRule:
 FAMILY = Family("knockout", (
         Check("knockout_cross_line", ("model_pair", "pathway"), KnockoutParams, cross_line,
               "zeroing a pathway gene shifts the outputs alike in two models (mean Spearman r > 0.4, beating random "
-              "genes)", _cross_line_rule),
+              "genes)", _cross_line_rule, needs=GENE_LEVEL),
         Check("knockout_coherence", ("model", "pathway"), KnockoutParams, coherence,
-              "a pathway's genes have similar KO profiles in one model", _coherence_rule, side="routed"),
+              "a pathway's genes have similar KO profiles in one model", _coherence_rule, side="routed",
+              needs=GENE_LEVEL),
     ), Card(settings=("cell_set_size", "null_model"), reference="mean_r_all_genes"))

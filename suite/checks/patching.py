@@ -327,5 +327,5 @@ def _rule(_params: PatchingParams) -> PassRule:
 FAMILY = Family("sae_patching", (
         Check("sae_feature_patching", ("model", "pathway"), PatchingParams, feature_patching,
               "patching the SAE features a pathway's KDs switch on changes the pathway's genes more than matched "
-              "random features do", _rule, validate, side="routed"),
+              "random features do", _rule, validate, side="routed", needs=frozenset({"gene_outputs"})),
     ), Card(settings=("mode", "n_features", "response_genes", "cell_set_size"), partial="patching_card.html.j2"))

@@ -261,7 +261,7 @@ def _gene_enrichment(case: Case, model: LoadedModel, found, table, p: RoutingPar
                                  what="output genes", on_unknown=p.on_unknown, min_members=p.min_members)
     members = np.array([model.gene_names.index(g) for g in present])
     genes = len(model.gene_names)
-    expression = model.cells.mean(dim=0).double().cpu().numpy()
+    expression = model.output_expression
     sets = np.vstack([members[None], common.null_sets(p, members, genes, lambda: expression)])
     folds = found.gene_loadings[:, sets].sum(axis=2) * genes / len(members)         # [axes, 1 + null sets]
     observed, null = float(folds[:, 0].max()), folds[:, 1:].max(axis=0)
