@@ -96,6 +96,7 @@ class CaseResult:
     tolerance: dict[str, float] = field(default_factory=dict)   # what counts as drift
     cache: dict[str, dict[str, int]] = field(default_factory=dict)   # per model: probe outputs reused / computed
     calibration: dict[str, dict] | None = None    # --calibrate: the case under each null (suite/calibration.py)
+    outputs: dict[str, str] = field(default_factory=dict)   # per model: what the probes read, genes | embedding
 
     def to_dict(self) -> dict[str, Any]:
         return finite(asdict(self))
@@ -126,6 +127,7 @@ def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> C
     record = record or skeleton(case)
     start, cached = time.perf_counter(), ctx.cache_snapshot()
     try:
+        record.outputs = {name: ctx.model(name).output for name in case.models}
         require_kind(case, ctx)
         evidence = case.spec.check.run(case, ctx)
     except Inconclusive as exc:

@@ -182,6 +182,11 @@ hypotheses:
     probe: knockout_coherence
     axes: {model: all, pathway: [first]}
     params: {n_permutations: 99, min_members: 2}
+  - id: routing
+    claim: KDs with similar ΔY have similar dY/d(pert_repr) Jacobians.
+    probe: routing_output_correlation
+    axes: {model: all}
+    params: {n_permutations: 99}
 """
 
 
@@ -195,7 +200,7 @@ def test_a_run_over_every_kind_gives_verdicts_or_reasons_never_errors(kinds):
     assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((root / "reports/latest/verdicts.json").read_text())
     cases = {c["case_id"]: c for c in record["cases"]}
-    assert len(cases) == len(KINDS) * 6
+    assert len(cases) == len(KINDS) * 7
     assert [c["case_id"] for c in cases.values() if c["verdict"] == "error"] == []
     for kind in KINDS:
         mine = [c for c in cases.values() if c["params"]["model"] == kind]
@@ -205,10 +210,13 @@ def test_a_run_over_every_kind_gives_verdicts_or_reasons_never_errors(kinds):
                        and "no gene-level inputs" in c["reason"] for c in gene_level), gene_level
         else:
             assert not any("does not apply" in (c["reason"] or "") for c in mine)
-        # the representation side applies to every kind: pert_encoder cosine and ΔY in the output space
-        coherence = [c for c in mine if c["probe"] in ("pert_embedding_coherence", "representation_coherence")]
+        # the representation side and whole-model routing apply to every kind: pert_encoder cosine, ΔY and
+        # dY/d(pert_repr) in the output space
+        coherence = [c for c in mine if c["probe"] in ("pert_embedding_coherence", "representation_coherence",
+                                                      "routing_output_correlation")]
         assert all(c["verdict"] in ("pass", "fail") for c in coherence), [(c["case_id"], c["reason"])
                                                                           for c in coherence]
+        assert {c["outputs"][kind] for c in mine} == {"embedding" if kind == "output_embedding" else "genes"}
         inputs = record["run"]["models"][kind]["audit"]["inputs"]
         assert inputs["output"] == ("embedding" if kind == "output_embedding" else "genes")
         assert inputs["reads_genes"] == (kind not in SE_INPUT)
