@@ -220,6 +220,10 @@ def test_a_run_over_every_kind_gives_verdicts_or_reasons_never_errors(kinds):
         inputs = record["run"]["models"][kind]["audit"]["inputs"]
         assert inputs["output"] == ("embedding" if kind == "output_embedding" else "genes")
         assert inputs["reads_genes"] == (kind not in SE_INPUT)
+    page = (root / "reports/latest/verdict.html").read_text()
+    assert "reads cell embeddings, probed on its <b>embedding</b>" in page
+    assert "reads cell embeddings, probed on its <b>gene expression</b>" in page
+    assert "batch labels: " in page and "obs[&#39;gem_group&#39;]" in page
     gene_kinds = [c for c in cases.values() if c["probe"] == "targeted_jacobian"
                   and c["params"]["model"] not in SE_INPUT]
     assert sum(c["verdict"] in ("pass", "fail") for c in gene_kinds) >= len(gene_kinds) - 1, \

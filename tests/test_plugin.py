@@ -122,7 +122,8 @@ def test_run_record_is_written_with_the_contract_fields(demo_run_result):
     # which genes and which matrix the model was fed, and how its columns were matched
     assert audit["inputs"] == {"gene_source": "var_dims.pkl gene_names",
                                "cells": str(ROOT / "fixtures/demo/cells/hepg2.h5ad"), "matrix": "X",
-                               "columns_matched": "by name"}
+                               "columns_matched": "by name", "output": "genes", "reads_genes": True}
+    assert all(c["outputs"] == {"hepg2_fewshot": "genes"} for c in document["cases"])
     explore = cases["explore-hepg2_fewshot-mixed"]
     assert (explore["verdict"], explore["expected"], explore["outcome"]) == ("fail", "exploratory", "exploratory")
     rep = cases["rep-hepg2_fewshot-ribosome"]
