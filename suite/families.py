@@ -57,8 +57,9 @@ class Check:
     side: Side | None = None   # which half of the dual-probe synthesis a per-pathway pass speaks for
     calibrated: bool = True    # --calibrate reruns it under nulls (not for measurements without a test)
     # what its models must have, else the case is inconclusive (suite/verdicts.py): "gene_inputs" (it sets
-    # or differentiates input genes) and "gene_outputs" (it reads panel genes in the prediction)
-    needs: frozenset[str] = frozenset()
+    # or differentiates input genes) and "gene_outputs" (it reads panel genes in the prediction); or a
+    # function of the params, for checks whose params decide it
+    needs: frozenset[str] | Callable[[Any], frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True)

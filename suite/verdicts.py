@@ -159,9 +159,10 @@ def require_kind(case: Case, ctx: RunContext) -> None:
     """Inconclusive, with the reason, when a model of the case is of a kind the check cannot read
     (an SE-input model has no input genes; a model probed in embedding space has no output genes)."""
     check = case.spec.check
+    needs = check.needs(case.spec.params) if callable(check.needs) else check.needs
     for name in case.models:
         model = ctx.model(name)
-        for need in sorted(check.needs):
+        for need in sorted(needs):
             holds, why = NEEDS[need]
             if not holds(model):
                 raise Inconclusive(f"{check.name} does not apply: " + why.format(name=name, kind=model.kind))

@@ -166,6 +166,9 @@ CATALOGUE = [
             ("field 'hypotheses[0].axes.pathway'", "did you mean 'ribosome'")),
     Mistake("registry-unknown-key", _registry(REGISTRY.format(key="model_dri")), SpecError,
             ("{tmp}/models.yaml, line 5", "did you mean 'model_dir'")),
+    Mistake("registry-output-choice", _registry(REGISTRY.format(key="model_dir")
+                                                + "    cell_line: x\n    split: x\n    output: gene\n"), SpecError,
+            ("{tmp}/models.yaml, line 9", "field 'models.m.output'", "genes", "embedding")),
     Mistake("unknown-gene-symbol", _members(("RPL3", "RPL7", "RPS3X")), UnknownNameError,
             ("panels.yaml, line 4", "RPS3X", "did you mean", "on_unknown: drop")),
     Mistake("too-few-members", _members(("RPL3", "RPL7"), min_members=3), Inconclusive,

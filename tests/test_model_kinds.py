@@ -187,6 +187,11 @@ hypotheses:
     probe: routing_output_correlation
     axes: {model: all}
     params: {n_permutations: 99}
+  - id: axes-genes
+    claim: A top SVD axis of the Jacobians loads on the pathway's genes.
+    probe: routing_axes
+    axes: {model: [output_embedding, se_gene_decoder, gpt2], pathway: [first]}
+    params: {by: gene_loadings, n_permutations: 99, min_members: 3}
 """
 
 
@@ -200,7 +205,11 @@ def test_a_run_over_every_kind_gives_verdicts_or_reasons_never_errors(kinds):
     assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((root / "reports/latest/verdicts.json").read_text())
     cases = {c["case_id"]: c for c in record["cases"]}
-    assert len(cases) == len(KINDS) * 7
+    assert len(cases) == len(KINDS) * 7 + 3
+    # routing_axes reads output genes only by gene loadings: the params decide what the check needs
+    assert "does not apply" in cases["axes-genes-output_embedding-first"]["reason"]
+    assert all("does not apply" not in (cases[f"axes-genes-{k}-first"]["reason"] or "")
+               and cases[f"axes-genes-{k}-first"]["verdict"] != "error" for k in ("se_gene_decoder", "gpt2"))
     assert [c["case_id"] for c in cases.values() if c["verdict"] == "error"] == []
     for kind in KINDS:
         mine = [c for c in cases.values() if c["params"]["model"] == kind]

@@ -552,7 +552,7 @@ FAMILY = Family("routing", (
               "KDs in one ΔY cluster share routing more than KDs in different clusters", _p_rule),
         Check("routing_axes", ("model", "pathway"), AxesParams, axes,
               "a top SVD axis of the Jacobians separates the pathway's KDs or loads on its genes", _p_rule,
-              side="routed"),
+              side="routed", needs=lambda p: frozenset({"gene_outputs"} if p.by == "gene_loadings" else ())),
         Check("routing_divergence", ("model_pair", "pathway"), PathwayParams, divergence,
               "the pathway's KDs' routing differs between two models more than KDs of similar magnitude (NB05)",
               _p_rule),
