@@ -33,8 +33,6 @@ import torch
 
 from core.errors import ProbeError
 
-OUTPUTS = ("genes", "embedding")
-
 
 def check_supported(module: torch.nn.Module) -> None:
     """Raise ProbeError for model variants whose forward `forward_sets` does not reproduce."""
