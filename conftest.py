@@ -41,7 +41,8 @@ def suite_run(pytestconfig: pytest.Config) -> RunContext:
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     return RunContext(state.registry or load_registry(state.models_path), device, state.cell_orderings,
-                      ArrayCache(state.cache_dir, salt=versions()), terminal_progress(pytestconfig))
+                      ArrayCache(state.cache_dir, salt=versions()), terminal_progress(pytestconfig),
+                      programs=state.programs)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from . import plots
+from .labels import verdict_label
 
 TEMPLATES = Path(__file__).parent / "templates"
 SYMBOL = {"pass": "✓", "fail": "✗", "inconclusive": "?", "error": "!"}
@@ -44,6 +45,7 @@ def render_html(document: dict[str, Any]) -> str:
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True))
     env.filters["num"] = number
+    env.filters["label"] = verdict_label
     env.filters["short"] = lambda text, n=19: (text or "")[:n]
     env.globals.update(histogram_svg=plots.histogram_svg, scatter_svg=plots.scatter_svg, bars_svg=plots.bars_svg,
                        heatmap_svg=plots.heatmap_svg, intervals_svg=plots.intervals_svg, dot=dot, runs=runs)
@@ -94,9 +96,11 @@ def dot(cell: dict[str, Any]) -> Markup:
     classes = [verdict]
     if cell.get("expected") == "fail":
         classes.append("expected-fail")
-    if verdict == "pass" and not cell.get("discovery"):
+    if verdict == "pass" and cell.get("unverified"):
+        classes.append("unverified")
+    elif verdict == "pass" and not cell.get("discovery"):
         classes.append("not-discovery")
-    title = f"{cell['case_id']}: {verdict}, q = {number(cell.get('q'))}"
+    title = f"{cell['case_id']}: {verdict_label(cell)}, q = {number(cell.get('q'))}"
     return Markup(f'<a class="dot {escape(" ".join(classes))}" href="#case-{escape(cell["case_id"])}" '  # noqa: S704
                   f'title="{escape(title)}">{SYMBOL.get(verdict, "·")}</a>')
 

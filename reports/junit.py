@@ -15,7 +15,9 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from typing import Any
 
-PROPERTIES = ("verdict", "expected", "baseline", "statistic", "value", "effect", "p", "q", "seed")
+from .labels import verdict_label as label
+
+PROPERTIES = ("verdict", "unverified", "expected", "baseline", "statistic", "value", "effect", "p", "q", "seed")
 
 
 def to_junit(run: dict[str, Any], cases: list[dict[str, Any]]) -> str:
@@ -47,8 +49,9 @@ def _testcase(case: dict[str, Any]) -> ET.Element:
                          time=f"{case.get('seconds') or 0:.3f}")
     properties = ET.SubElement(element, "properties")
     for key in PROPERTIES:
-        if case.get(key) is not None:
-            ET.SubElement(properties, "property", name=key, value=str(case[key]))
+        value = label(case) if key == "verdict" else case.get(key)
+        if value is not None:
+            ET.SubElement(properties, "property", name=key, value=str(value))
     kind, kind_type, message = _result(case)
     if kind:
         outcome = ET.SubElement(element, kind, message=message[:1000])
@@ -64,7 +67,7 @@ def _result(case: dict[str, Any]) -> tuple[str | None, str | None, str]:
     if outcome == "xpassed-strict":
         return "failure", None, f"[XPASS(strict)] expected {case.get('expected')}, but: {reason}"
     if outcome == "exploratory":          # no known answer: reported, never a failure (as pytest ran it)
-        return None, None, f"exploratory ({verdict}): {reason}"
+        return None, None, f"exploratory ({label(case)}): {reason}"
     if verdict == "fail" and outcome == "xfailed":
         return "skipped", "pytest.xfail", f"expected fail: {reason}"
     if verdict == "fail":

@@ -31,7 +31,7 @@ from .junit import to_junit
 SCHEMA_VERSION = 1
 CSV_COLUMNS = ("case_id", "hypothesis", "probe", "side", "model", "pathway", "verdict", "expected", "baseline",
                "change", "outcome", "statistic", "value", "effect", "ci_low", "ci_high", "p", "q", "n", "null", "seed",
-               "reason", "seconds")
+               "reason", "seconds", "unverified")
 
 
 def counts(cases: list[dict[str, Any]]) -> dict[str, int]:
@@ -39,6 +39,8 @@ def counts(cases: list[dict[str, Any]]) -> dict[str, int]:
     is not the expected one, and (when compared with a baseline) regressions (verdict flips) and drifts."""
     tally = Counter(c["verdict"] for c in cases)
     tally.update(c["outcome"] for c in cases if c.get("outcome") in ("xfailed", "xpassed", "exploratory"))
+    if any(c["verdict"] == "pass" and c.get("unverified") for c in cases):
+        tally["unverified"] = sum(c["verdict"] == "pass" and bool(c.get("unverified")) for c in cases)
     tally["unexpected"] = sum(c.get("expected") in ("pass", "fail") and c["verdict"] in ("pass", "fail")
                               and c["verdict"] != c["expected"] for c in cases)
     changes = Counter((c.get("change") or {}).get("kind") for c in cases)

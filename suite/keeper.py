@@ -18,6 +18,8 @@ import pytest
 from core.errors import SuiteError
 from fixtures.registry import ModelEntry, load_registry
 from reports import history
+from reports.labels import UNVERIFIED as UNVERIFIED_TEXT
+from reports.labels import verdict_label
 
 from .baseline import against_baseline
 from .calibration import ALPHA, summarize
@@ -34,6 +36,7 @@ RECORD_LOST = 6     # exit code: the cases ran but the run's record could not be
 PROPERTY = "st_case"           # a case's record, as JSON, on its test report (xdist carries it)
 AUDITS = "st_audits"           # the audit records of the case's models, beside it (RunContext.audit_record)
 EXPLORATORY = "st_exploratory"
+UNVERIFIED = "st_unverified"
 RECORD = pytest.StashKey[CaseResult]()
 
 
@@ -59,15 +62,19 @@ class RecordKeeper:
             if run is not None and case is not None:
                 report.user_properties.append((AUDITS, json.dumps(finite(run.audit_records(case.models)))))
             if record.expected == "exploratory" and report.when == "call" and report.passed:
-                report.user_properties.append((EXPLORATORY, record.verdict))
+                report.user_properties.append((EXPLORATORY, verdict_label(record.to_dict())))
+            elif record.unverified and report.when == "call" and report.passed:
+                report.user_properties.append((UNVERIFIED, record.unverified))
         return report
 
     def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config):
         """A case with no known answer is neither a pass nor an expected failure: it gets its own
         status (counted as 'exploratory' in the summary line) and never fails the run."""
-        verdict = next((v for k, v in getattr(report, "user_properties", ()) if k == EXPLORATORY), None)
-        if verdict is not None:
-            return "exploratory", "e", (f"EXPLORATORY ({verdict})", {"cyan": True})
+        properties = dict(getattr(report, "user_properties", ()))
+        if EXPLORATORY in properties:
+            return "exploratory", "e", (f"EXPLORATORY ({properties[EXPLORATORY]})", {"cyan": True})
+        if UNVERIFIED in properties:       # a pass that observed cells would have to confirm: never a plain pass
+            return "unverified", "u", (f"PASSED ({UNVERIFIED_TEXT})", {"yellow": True})
         return None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -75,7 +82,8 @@ class RecordKeeper:
         if not payload or (report.when != "call" and report.passed):
             return
         record = json.loads(payload[-1])
-        record["outcome"] = "exploratory" if any(k == EXPLORATORY for k, _ in report.user_properties) \
+        keys = {k for k, _ in report.user_properties}
+        record["outcome"] = "exploratory" if EXPLORATORY in keys else "unverified" if UNVERIFIED in keys \
             else outcome_of(report)
         if record["verdict"] == "error" and report.failed:
             record["reason"] = error_message(report)
@@ -153,6 +161,20 @@ class RecordKeeper:
         if "calibration" in self.run:
             for line in calibration_lines(self.run["calibration"]):
                 terminalreporter.write_line(line)
+        for line in unverified_lines(list(self.records.values())):
+            terminalreporter.write_line(line, yellow=True)
+
+
+def unverified_lines(cases: list[dict[str, Any]]) -> list[str]:
+    """The terminal's word on passes that observed cells would have to confirm, by model."""
+    found = [c for c in cases if c["verdict"] == "pass" and c.get("unverified")]
+    if not found:
+        return []
+    models = sorted({m for c in found for m in (c["params"].get("model") or c["params"].get("model_pair") or
+                                                "").split("-vs-") if m})
+    return [f"{len(found)} pass(es) unverified (no observed cells for {', '.join(models)}): which KDs a model "
+            "learned was not judged, and KDs it did not learn look coherent together. Give those models a "
+            "'perturbed:' entry in the models registry; the report marks each such case"]
 
 
 def calibration_lines(calibration: dict) -> list[str]:

@@ -5,29 +5,47 @@ such KDs looks "coherent". So every KD-set test runs over the KDs a model learne
 
 **On observed perturbed cells** (the registry's `perturbed:` entry). A KD's observed shift is the
 mean of its perturbed cells minus the mean of the screen's control cells; its predicted shift is
-the model's, on those same control cells. A KD counts as learned when its prediction is closer to
-its observed shift than the best *generic* prediction is, the least-squares combination fitted to
-the KD's observed shift of what any KD could be given without being learned:
+the model's, on those same control cells. A KD counts as learned when its prediction, scaled to fit
+best, is closer to its observed shift than the best fit of what is *generic*: the least-squares
+combination, fitted to the KD's observed shift, of what any KD could be given without being learned,
+each computed over the KDs *outside the KD's own program* (the run's panels that hold it):
 
-  mean     the mean observed shift of the other KDs: the *mean baseline* of perturbation benchmarks;
-  median   the gene-wise median observed shift over KDs: what the typical KD does, the shared
-           (generic) component, which a few strong programs cannot pull away as they pull the mean;
-  default  the model's own answer for an empty perturbation (a zero one-hot): where it puts the KDs
-           it knows nothing about.
+  mean         the mean observed shift of those KDs: the *mean baseline* of perturbation benchmarks;
+  median       their gene-wise median observed shift: what the typical KD does;
+  model median the gene-wise median of the model's predictions for them: the model's typical answer,
+               where it puts the KDs it learned nothing specific about.
 
-So a KD whose response is the shared one, stronger or weaker, gets no credit for it, and
-
-    specific R² = 1 - ||obs - pred||² / ||obs - generic fit||²
+    specific R² = 1 - ||obs - c pred||² / ||obs - generic fit||²,   c = max(0, <obs, pred> / ||pred||²)
 
 over the output genes but the KD's own target: a knockdown lowers its own gene whatever pathway it
-belongs to, small models rarely learn that drop, and it would decide the score of every KD whose
-downstream response is small.
+belongs to, and small models rarely learn that drop. Why these choices (each one a way the first
+version called well-learned programs "not learned", tests/test_learnedness.py):
+
+- a program that many KDs share is part of every other KD's mean, and of the median when it is
+  large: a baseline that contains the KD's own program makes a model that learned it look no better
+  than the baseline. So the baseline leaves out the KD's program (for a KD in no panel: the KD);
+- the model's answer to an empty (all-zero) one-hot is an input it was never trained on, and can be
+  anything, one learned program included: it is no baseline (the model's median answer is);
+- the generic fit has three free coefficients and the prediction none would compare a fitted curve
+  with an unfitted one: a prediction with the right direction but a shrunken size (a program learned
+  partly) lost to it. With c fitted, the score is the share of the observed shift that the
+  prediction's direction explains beyond what the generic directions explain:
+  D = max(0, <obs, p̂>)² - ||P_generic obs||², a quadratic form of rank at most 4.
 
 The numerator and denominator share the observed cells' noise, which pulls the ratio toward 0;
-their difference D = ||obs - generic fit||² - ||obs - pred||² carries it only linearly. So the 95%
-interval is that of D over resamples of the KD's cells and the control cells (the generic responses
-held fixed), divided by the observed ||obs - generic fit||²: an interval on the R² scale whose sign
-is that of D.
+their difference D carries it only linearly. So the 95% interval is that of D over resamples of the
+KD's cells and the control cells (the generic directions and the prediction held fixed), divided by
+the observed ||obs - generic fit||²: an interval on the R² scale whose sign is that of D. Each KD's
+resamples come from its own seeded stream, so a KD's judgement does not depend on which other KDs
+are judged.
+
+**Pooled over a set.** With 16 to 32 cells per KD, a program the model learned only partly leaves
+each of its KDs *undetermined*. `pooled` asks the same question of a set's shared response: the mean
+observed shift of the set's KDs against the mean of their predictions, with the generic directions
+computed outside the set and its members' programs and every member's own target left out; the
+interval resamples every member's cells. A KD-set test (suite/checks/common.scope) pools a panel's
+undetermined members and keeps them when the pooled set is learned; members judged *not learned*
+never enter it.
 
 **From the checkpoint alone.** A KD whose one-hot column of the pert_encoder's first layer is still
 at its initial scale was never moved by training (a KD held out of training, or without cells in
@@ -42,13 +60,15 @@ A KD is
     untrained      its encoder column never moved from its initialisation
     not judged     no observed cells were given and training moved its column
 
-and a set test uses the learned KDs when observed cells were given, else every KD but the
-untrained ones.
+and a set test uses the learned KDs (and a pooled set's undetermined ones) when observed cells were
+given, else every KD but the untrained ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -58,6 +78,14 @@ STATUSES = ("learned", "not learned", "undetermined", "no cells", "untrained", "
 # (expected norm sqrt(H / 3P)); on the demo, trained columns sit at 2.7 to 6.4 times that norm and the
 # held-out ones at 0.86 to 1.11: a column below twice the initial norm has not been trained.
 UNTRAINED_FACTOR = 2.0
+GENERIC = ("mean", "median", "model median")     # the generic directions, in the order of `_basis`
+
+
+def status_of(low: float, high: float) -> str:
+    """The verdict of one interval on the specific R² scale."""
+    if low > 0:
+        return "learned"
+    return "not learned" if high < 0 else "undetermined"
 
 
 @dataclass(frozen=True)
@@ -75,7 +103,7 @@ class Learnedness:
 
     @property
     def usable(self) -> np.ndarray:
-        """[K] bool: the KDs a set test may use."""
+        """[K] bool: the KDs a set test may use on their own."""
         if self.observed:
             return (np.nan_to_num(self.low, nan=-np.inf) > 0) & ~self.untrained
         return ~self.untrained
@@ -87,79 +115,204 @@ class Learnedness:
             return "not judged"
         if not np.isfinite(self.score[i]):
             return "no cells"
-        if self.low[i] > 0:
-            return "learned"
-        return "not learned" if self.high[i] < 0 else "undetermined"
+        return status_of(self.low[i], self.high[i])
 
     def counts(self) -> dict[str, int]:
         found = [self.status(i) for i in range(len(self.kds))]
         return {s: found.count(s) for s in STATUSES}
 
 
+@dataclass(frozen=True)
+class Pooled:
+    """The judgement of a set of KDs' shared response (`pooled`)."""
+
+    kds: tuple[str, ...]         # the KDs pooled
+    score: float                 # specific R² of the set's mean shift
+    low: float
+    high: float
+    n_cells: int                 # perturbed cells pooled
+
+    @property
+    def status(self) -> str:
+        return status_of(self.low, self.high)
+
+    def to_dict(self) -> dict:
+        return {"kds": list(self.kds), "score": round(self.score, 4), "ci": [round(self.low, 4), round(self.high, 4)],
+                "n_cells": self.n_cells, "status": self.status}
+
+
+@dataclass(frozen=True)
+class Screen:
+    """A model's observed screen and its predictions for it: everything a judgement reads."""
+
+    kds: tuple[str, ...]
+    predicted: np.ndarray                       # [K, G] the model's predicted shift of each KD
+    kd_cells: tuple[np.ndarray | None, ...]     # [n_k, G] observed cells of each KD, or None
+    controls: np.ndarray                        # [n_c, G] the screen's control cells
+    own_gene: np.ndarray                        # [K] column of each KD's own target (-1: not among the genes)
+    min_cells: int = 3
+    n_boot: int = 200
+    seed: int = 0
+    source: str = ""                            # where the cells came from, in words
+
+    @cached_property
+    def n_cells(self) -> np.ndarray:
+        return np.array([0 if c is None else len(c) for c in self.kd_cells])
+
+    @cached_property
+    def judged(self) -> np.ndarray:
+        """[K] bool: the KDs with enough cells to be judged."""
+        return self.n_cells >= self.min_cells
+
+    @cached_property
+    def observed(self) -> np.ndarray:
+        """[K, G] observed shifts (NaN rows for KDs not judged)."""
+        out = np.full(self.predicted.shape, np.nan)
+        mean = self.controls.mean(axis=0)
+        for i in np.flatnonzero(self.judged):
+            out[i] = self.kd_cells[i].mean(axis=0) - mean
+        return out
+
+    @cached_property
+    def control_draws(self) -> np.ndarray:
+        """[n_boot, G] means of bootstrap resamples of the control cells (shared by every KD)."""
+        return _resampled_means(self.controls, self.n_boot, np.random.default_rng([self.seed, 0]))
+
+    @cached_property
+    def _medians(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.median(self.observed[self.judged], axis=0), np.median(self.predicted, axis=0)
+
+    def keep(self, rows: Iterable[int]) -> np.ndarray:
+        """[G] 0 at the own targets of these KDs, 1 elsewhere."""
+        mask = np.ones(self.predicted.shape[1])
+        own = self.own_gene[list(rows)]
+        mask[own[own >= 0]] = 0.0
+        return mask
+
+    def projected_draws(self, i: int, directions: np.ndarray) -> np.ndarray:
+        """[n_boot, D] bootstrap resamples of KD i's observed shift, projected on `directions` [G, D]
+        (the KD's own seeded stream, so a KD's draws do not depend on which others are judged)."""
+        rng = np.random.default_rng([self.seed, 1, i])
+        cells = self.kd_cells[i]
+        weights = rng.multinomial(len(cells), np.full(len(cells), 1.0 / len(cells)), size=self.n_boot) / len(cells)
+        return weights @ (cells @ directions) - self.control_draws @ directions
+
+    @cached_property
+    def _parts(self) -> dict[bytes, np.ndarray]:
+        return {}
+
+    def basis(self, outside: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """[G, r] orthonormal directions of the generic responses computed over the KDs in `outside`
+        (bool [K]), on the genes `mask` keeps."""
+        rest = outside & self.judged
+        if rest.sum() < 2:
+            raise ValueError("fewer than 2 observed KDs outside the program to build a baseline from")
+        if outside.sum() >= len(outside) - 1:       # a KD in no panel: one KD moves a median by one rank
+            parts = np.stack([self.observed[rest].mean(axis=0), *self._medians], axis=1)
+            return orthonormal(parts * mask[:, None])
+        key = np.packbits(outside).tobytes()
+        if key not in self._parts:          # the KDs of one program share their generic responses
+            self._parts[key] = np.stack([self.observed[rest].mean(axis=0), np.median(self.observed[rest], axis=0),
+                                         np.median(self.predicted[outside], axis=0)], axis=1)
+        return orthonormal(self._parts[key] * mask[:, None])
+
+
+def orthonormal(columns: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """[G, r] an orthonormal basis of the span of `columns` [G, B] (r <= B: collinear ones dropped)."""
+    u, s, _ = np.linalg.svd(columns, full_matrices=False)
+    return u[:, s > tol * max(float(s.max(initial=0.0)), 1e-300)]
+
+
+def gain(projections: np.ndarray) -> np.ndarray:
+    """D = max(0, <obs, p̂>)² - ||P_generic obs||² from an observed shift's projections [..., 1 + r] on
+    (p̂, the generic basis): how much closer the scaled prediction is than the generic fit."""
+    along = np.maximum(projections[..., 0], 0.0)
+    return along ** 2 - (projections[..., 1:] ** 2).sum(axis=-1)
+
+
 def specific_r2(observed: np.ndarray, predicted: np.ndarray, generic: np.ndarray) -> np.ndarray:
-    """[..., K] specific R² of predictions [..., K, G] for observed shifts [..., K, G], against the best
-    least-squares combination of each KD's generic responses [K, B, G]."""
-    gain, total = _gain(observed, predicted, generic)
-    return gain / np.where(total > 0, total, np.nan)
+    """[K] specific R² of predictions [K, G] for observed shifts [K, G] against the best least-squares
+    fit of each KD's generic responses [K, B, G], the prediction scaled by its best c >= 0."""
+    out = np.empty(len(observed))
+    for k in range(len(observed)):
+        q = orthonormal(generic[k].T)
+        out[k] = _judge_one(observed[k], predicted[k], q)[0]
+    return out
 
 
-def _gain(observed: np.ndarray, predicted: np.ndarray, generic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(D, ||obs - generic fit||²): how much closer the prediction is than the best generic fit."""
-    gram = np.einsum("kbg,kcg->kbc", generic, generic)
-    gram = gram + 1e-9 * np.trace(gram, axis1=1, axis2=2)[:, None, None] * np.eye(generic.shape[1]) + 1e-30
-    coef = np.linalg.solve(gram, np.einsum("...kg,kbg->...kb", observed, generic)[..., None])[..., 0]
-    fit = np.einsum("...kb,kbg->...kg", coef, generic)
-    total = ((observed - fit) ** 2).sum(axis=-1)
-    return total - ((observed - predicted) ** 2).sum(axis=-1), total
+def _judge_one(obs: np.ndarray, pred: np.ndarray, q: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(specific R², ||obs - generic fit||², the directions (p̂, basis) [G, 1 + r]) of one shift."""
+    norm = np.linalg.norm(pred)
+    unit = pred / norm if norm > 0 else np.zeros_like(pred)
+    directions = np.column_stack([unit, q])
+    total = float(obs @ obs - ((q.T @ obs) ** 2).sum())
+    d = float(gain(directions.T @ obs))
+    return (d / total if total > 0 else np.nan), total, directions
 
 
-def leave_one_out_mean(shifts: np.ndarray) -> np.ndarray:
-    """[K, G]: row k is the mean of the other rows (the mean baseline that k is judged against)."""
-    return (shifts.sum(axis=0, keepdims=True) - shifts) / (len(shifts) - 1)
+def programs_of(kds: Sequence[str], programs: Iterable[Sequence[str]]) -> list[np.ndarray]:
+    """[K] for each KD, bool [K]: the KDs of its program (itself and every KD sharing a panel with it)."""
+    index = {k: i for i, k in enumerate(kds)}
+    groups = [np.array(sorted({index[k] for k in p if k in index}), dtype=int) for p in programs]
+    own = [np.zeros(len(kds), dtype=bool) for _ in kds]
+    for i in range(len(kds)):
+        own[i][i] = True
+    for group in groups:
+        for i in group:
+            own[i][group] = True
+    return own
 
 
-def generic_responses(observed: np.ndarray, default: np.ndarray | None) -> np.ndarray:
-    """[K, B, G] the generic responses each KD is judged against: the mean of the other KDs' observed
-    shifts, the gene-wise median over KDs, and the model's default (when given)."""
-    median = np.broadcast_to(np.median(observed, axis=0), observed.shape)
-    parts = [leave_one_out_mean(observed), median]
-    if default is not None:
-        parts.append(np.broadcast_to(default, observed.shape))
-    return np.stack(parts, axis=1)
-
-
-def judge(kds: tuple[str, ...], predicted: np.ndarray, default: np.ndarray | None, kd_cells: list[np.ndarray | None],
-          controls: np.ndarray, rng: np.random.Generator, untrained: np.ndarray | None = None,
-          own_gene: np.ndarray | None = None, n_boot: int = 200, min_cells: int = 3, source: str = "") -> Learnedness:
-    """Learnedness of every KD on observed cells: `predicted` [K, G] shifts, `default` [G] the model's
-    shift for an empty perturbation, `kd_cells` the observed cells of each KD ([n_k, G] or None),
-    `controls` [n_c, G] the screen's control cells, `untrained` [K] from `untrained_columns`,
-    `own_gene` [K] the column of each KD's own target (-1: not among the genes), left out."""
+def judge(screen: Screen, untrained: np.ndarray | None = None, programs: Iterable[Sequence[str]] = (),
+          source: str = "") -> Learnedness:
+    """Learnedness of every KD of `screen`, each judged against the generic responses of the KDs
+    outside its program (`programs`: the run's panels' KD lists), `untrained` [K] from
+    `untrained_columns`."""
+    kds = screen.kds
     untrained = np.zeros(len(kds), dtype=bool) if untrained is None else untrained
-    keep = np.ones((len(kds), predicted.shape[1]))
-    if own_gene is not None:
-        hit = own_gene >= 0
-        keep[np.flatnonzero(hit), own_gene[hit]] = 0.0
-    control_mean = controls.mean(axis=0)
-    n_cells = np.array([0 if c is None else len(c) for c in kd_cells])
-    judged = np.flatnonzero(n_cells >= min_cells)
     score, low, high = (np.full(len(kds), np.nan) for _ in range(3))
-    if len(judged) < 3:
-        return Learnedness(kds, score, low, high, n_cells, untrained, source)
-    mask = keep[judged]
-    observed = (np.stack([kd_cells[i].mean(axis=0) for i in judged]) - control_mean) * mask
-    generic = generic_responses(observed, default) * mask[:, None, :]
-    gain, total = _gain(observed, predicted[judged] * mask, generic)
-    total = np.where(total > 0, total, np.nan)
-    score[judged] = gain / total
-    control_draws = _resampled_means(controls, n_boot, rng)                       # [B, G]
-    boot = np.empty((n_boot, len(judged)))
-    for j, i in enumerate(judged):
-        draws = (_resampled_means(kd_cells[i], n_boot, rng) - control_draws) * mask[j]      # [B, G]
-        boot[:, j] = _gain(draws[:, None, :], (predicted[i] * mask[j])[None], generic[j][None])[0][:, 0]
+    if screen.judged.sum() < 3:
+        return Learnedness(kds, score, low, high, screen.n_cells, untrained, source)
+    own = programs_of(kds, programs)
     tail = (1 - LEVEL) / 2 * 100
-    low[judged], high[judged] = np.percentile(boot, [tail, 100 - tail], axis=0) / total
-    return Learnedness(kds, score, low, high, n_cells, untrained, source)
+    for i in np.flatnonzero(screen.judged):
+        mask = screen.keep([i])
+        try:
+            q = screen.basis(~own[i], mask)
+        except ValueError:           # a program that holds all but one KD: no baseline outside it
+            continue
+        score[i], total, directions = _judge_one(screen.observed[i] * mask, screen.predicted[i] * mask, q)
+        if not total > 0:
+            continue
+        draws = gain(screen.projected_draws(i, directions))
+        low[i], high[i] = np.percentile(draws, [tail, 100 - tail]) / total
+    return Learnedness(kds, score, low, high, screen.n_cells, untrained, source)
+
+
+def pooled(screen: Screen, members: Sequence[str], programs: Iterable[Sequence[str]] = ()) -> Pooled | None:
+    """The judgement of the shared response of `members` (KD names of `screen`): their mean observed
+    shift against their mean prediction, the generic responses computed outside the set and its
+    members' programs, every member's own target left out. None with fewer than 2 judged members."""
+    index = {k: i for i, k in enumerate(screen.kds)}
+    rows = [index[k] for k in members if k in index and screen.judged[index[k]]]
+    if len(rows) < 2:
+        return None
+    own = programs_of(screen.kds, programs)
+    outside = ~np.any([own[i] for i in rows], axis=0)
+    mask = screen.keep(rows)
+    try:
+        q = screen.basis(outside, mask)
+    except ValueError:
+        return None
+    obs, pred = screen.observed[rows].mean(axis=0) * mask, screen.predicted[rows].mean(axis=0) * mask
+    score, total, directions = _judge_one(obs, pred, q)
+    if not total > 0:
+        return None
+    draws = np.mean([screen.projected_draws(i, directions) for i in rows], axis=0)
+    tail = (1 - LEVEL) / 2 * 100
+    low, high = np.percentile(gain(draws), [tail, 100 - tail]) / total
+    return Pooled(tuple(screen.kds[i] for i in rows), float(score), float(low), float(high),
+                  int(screen.n_cells[rows].sum()))
 
 
 def from_checkpoint(kds: tuple[str, ...], untrained: np.ndarray, source: str) -> Learnedness:

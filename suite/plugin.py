@@ -59,6 +59,7 @@ class SuiteState:
     threads: str = ""              # torch's CPU threads for this process, and why
     shard: Shard | None = None
     run_cases: list[str] | None = None   # with --shard: every case id of the whole run, in order
+    programs: tuple[tuple[str, ...], ...] = ()    # the KDs of every panel the hypotheses load
 
 
 STATE = pytest.StashKey[SuiteState]()
@@ -238,6 +239,9 @@ def collect_cases(state: SuiteState) -> list[Case]:
     expectations = registry_expectations(state.models_path)
     if expectations is not None:
         specs = load_expectations(expectations, specs)
+    # every panel of every hypothesis, whichever cases are selected: a KD's learnedness is judged against
+    # the KDs outside its program, and must not change with -k
+    state.programs = tuple(dict.fromkeys(p.kds for spec in specs for p in spec.panels.values() if len(p.kds) > 1))
     infos = [ModelInfo(e.name, e.cell_line, e.split, declared_backbone(e)) for e in state.registry.values()]
     cases = expand_all(specs, infos)
     if not cases:

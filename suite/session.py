@@ -36,8 +36,11 @@ class RunContext:
     """Lazily loads registry models on one device and memoises probe outputs by key."""
 
     def __init__(self, registry: dict[str, ModelEntry], device: torch.device, cell_orderings: int = 8,
-                 cache: ArrayCache | None = None, progress: Progress | None = None) -> None:
+                 cache: ArrayCache | None = None, progress: Progress | None = None,
+                 programs: Sequence[Sequence[str]] = ()) -> None:
         self.registry = registry
+        # the KD lists of the run's panels: a KD's learnedness is judged against the KDs outside them
+        self.programs = tuple(dict.fromkeys(tuple(p) for p in programs))
         self.progress = progress
         self.device = device
         self.cell_orderings = cell_orderings
@@ -160,40 +163,68 @@ class RunContext:
 
     def learnedness(self, name: str) -> learnedness.Learnedness:
         """Which of the model's KDs it learned (suite/learnedness.py): judged on the registry's observed
-        perturbed cells when it gives them, else only the KDs training never moved are known."""
-        entry = self.entry(name).perturbed
-        model = self.model(name)
-
+        perturbed cells when it gives them, each KD against the KDs outside its program (the run's
+        panels that hold it), else only the KDs training never moved are known."""
         def compute() -> learnedness.Learnedness:
-            kds = model.kd_names
-            untrained = _untrained(model)
+            kds = self.model(name).kd_names
+            untrained = self.untrained(name)
             column_note = ("" if untrained is None else
                            f"; {int(untrained.sum())} KD(s) whose pert_encoder column training never moved")
             untrained = np.zeros(len(kds), dtype=bool) if untrained is None else untrained
-            if entry is None:
+            screen = self.observed_screen(name)
+            if screen is None:
                 return learnedness.from_checkpoint(kds, untrained, "not judged on observed cells (no 'perturbed:' "
                                                    "in the models registry)" + column_note)
+            in_programs = len({k for p in self.programs for k in p} & set(kds))
+            programs = (f"; each KD against the KDs outside its program ({in_programs} KDs in {len(self.programs)} "
+                        "panels of the run)" if self.programs else "")
+            return learnedness.judge(screen, untrained, self.programs,
+                                     source=screen.source + programs + column_note)
+
+        return self.memo(("learnedness", name), compute)
+
+    def pooled_learnedness(self, name: str, members: Sequence[str]) -> learnedness.Pooled | None:
+        """The judgement of these KDs' shared response on the model's observed screen (None without one,
+        or with fewer than 2 of them observed): suite/learnedness.pooled."""
+        def compute() -> learnedness.Pooled | None:
+            screen = self.observed_screen(name)
+            return None if screen is None else learnedness.pooled(screen, members, self.programs)
+
+        return self.memo(("pooled_learnedness", name, tuple(members)), compute)
+
+    def untrained(self, name: str) -> np.ndarray | None:
+        """[K] which KDs' pert_encoder columns training never moved (None: the encoder is not one-hot linear)."""
+        return _untrained(self.model(name))
+
+    def observed_screen(self, name: str) -> learnedness.Screen | None:
+        """The registry's observed perturbed cells of this model and its predictions on their controls
+        (None without a 'perturbed:' entry)."""
+        entry = self.entry(name).perturbed
+        if entry is None:
+            return None
+        model = self.model(name)
+
+        def compute() -> learnedness.Screen:
             screen = load_screen(model)
             size = min(model.cell_set_len, len(screen.controls))
             n_sets = max(1, min(LEARNEDNESS_SETS, len(screen.controls) // size))
             predicted = self.stored("screen_predictions", name, lambda: self._screen_predictions(
                 model, screen.controls if screen.inputs is None else screen.inputs, n_sets, size), sets=n_sets,
                 size=size)
-            return learnedness.judge(
-                kds, predicted[[model.pert_index(k) for k in kds]], predicted[-1],
-                [screen.kd_cells.get(k) for k in kds], screen.controls, np.random.default_rng(LEARNEDNESS_SEED),
-                untrained, np.array([model.gene_names.index(k) if k in model.gene_names else -1 for k in kds]),
-                min_cells=entry.min_cells,
-                source=f"{screen.path.name}: {len(screen.controls)} control cells, {len(screen.kd_cells)} KDs "
-                       f"with perturbed cells; predictions on {n_sets} x {size} of those controls" + column_note)
+            kds = model.kd_names
+            return learnedness.Screen(
+                kds, predicted[[model.pert_index(k) for k in kds]], tuple(screen.kd_cells.get(k) for k in kds),
+                screen.controls, np.array([model.gene_names.index(k) if k in model.gene_names else -1 for k in kds]),
+                min_cells=entry.min_cells, seed=LEARNEDNESS_SEED,
+                source=f"{screen.path.name}: {len(screen.controls)} control cells, {len(screen.kd_cells)} KDs with "
+                       f"perturbed cells; predictions on {n_sets} x {size} of those controls")
 
-        return self.memo(("learnedness", name), compute)
+        return self.memo(("observed_screen", name), compute)
 
     def _screen_predictions(self, model: LoadedModel, controls: np.ndarray, n_sets: int, size: int) -> np.ndarray:
-        """[n_perts + 1, G] predicted shifts on the screen's controls; the last row is the model's
-        answer for an empty perturbation (a zero one-hot)."""
+        """[n_perts, G] predicted shifts on the screen's controls."""
         cells = torch.as_tensor(controls, device=self.device)
-        onehots = torch.cat([model.pert_onehots, torch.zeros_like(model.pert_onehots[:1])])
+        onehots = model.pert_onehots
         orders = random_orderings(size, self.n_orderings(model.name, None), LEARNEDNESS_SEED)
         sets = cell_sets(cells, n_sets, size, LEARNEDNESS_SEED)
         shifts = per_set_shifts(model.module, onehots, model.pert_index(model.control_pert), sets,

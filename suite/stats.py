@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.stats import binom, false_discovery_control, hypergeom
+from scipy.stats import binom, false_discovery_control, hypergeom, rankdata
 from scipy.stats import t as t_dist
 
 SetStatistic = Callable[[np.ndarray], float]
@@ -147,6 +147,19 @@ def neighbour_jaccards(nn_a: np.ndarray, nn_b: np.ndarray) -> np.ndarray:
                      for a, b in zip(nn_a, nn_b, strict=True)])
 
 
+def profile_correlations(sim_a: np.ndarray, sim_b: np.ndarray) -> np.ndarray:
+    """[n] each item's Spearman correlation between its similarities to every other item in A and
+    in B (its own entry left out): does the item keep its place among all the others across the two
+    models? Unlike a k-NN overlap it asks nothing of the order inside a block of near-identical items."""
+    n = len(sim_a)
+    off = ~np.eye(n, dtype=bool)
+    ranks = [rankdata(sim[off].reshape(n, n - 1), axis=1) for sim in (sim_a, sim_b)]
+    centred = [r - r.mean(axis=1, keepdims=True) for r in ranks]
+    norms = np.linalg.norm(centred[0], axis=1) * np.linalg.norm(centred[1], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, (centred[0] * centred[1]).sum(axis=1) / norms, 0.0)
+
+
 def average_linkage_clusters(x: np.ndarray, n_clusters: int) -> np.ndarray:
     """Cluster labels (1..n_clusters) of rows by average-linkage hierarchical clustering on cosine distance."""
     distance = np.clip(1.0 - (unit_rows(x) @ unit_rows(x).T)[np.triu_indices(len(x), k=1)], 0.0, 2.0)
@@ -196,11 +209,40 @@ def random_sets(rng: np.random.Generator, candidates: Sequence[int], size: int, 
     return cand[np.argsort(keys, axis=1)[:, :size]]
 
 
-def magnitude_strata(magnitude: np.ndarray, candidates: Sequence[int], stratum_size: int) -> list[np.ndarray]:
-    """`candidates` sorted by magnitude and cut into consecutive strata of about `stratum_size`."""
+def magnitude_strata(magnitude: np.ndarray, candidates: Sequence[int], stratum_size: int,
+                     members: Sequence[int] | None = None) -> list[np.ndarray]:
+    """`candidates` sorted by magnitude and cut into consecutive strata of about `stratum_size`.
+    With `members`, neighbouring strata are merged until the members are at most half of each: a
+    program whose KDs share one band of magnitude fills its strata, and a permutation within strata
+    made of nothing but members draws the members themselves (no power, a constant null)."""
     cand = np.asarray(candidates)
     order = cand[np.argsort(magnitude[cand], kind="stable")]
-    return np.array_split(order, max(1, round(len(order) / stratum_size)))
+    strata = np.array_split(order, max(1, round(len(order) / stratum_size)))
+    if members is None:
+        return strata
+    return merge_crowded(strata, members)
+
+
+def merge_crowded(strata: list[np.ndarray], members: Sequence[int], share: float = 0.5) -> list[np.ndarray]:
+    """Consecutive `strata` merged (in order) until `members` make up at most `share` of each; where
+    the members are more than `share` of everything, one stratum (a plain permutation)."""
+    is_member = set(np.asarray(members).tolist())
+
+    def crowded(stratum: np.ndarray) -> bool:
+        return sum(int(k) in is_member for k in stratum) > share * len(stratum)
+
+    merged: list[np.ndarray] = []
+    current = np.array([], dtype=int)
+    for stratum in strata:
+        current = np.concatenate([current, stratum])
+        if not crowded(current):
+            merged.append(current)
+            current = np.array([], dtype=int)
+    if len(current):
+        merged.append(current)
+    while len(merged) > 1 and crowded(merged[-1]):      # a crowded top end joins the strata below it
+        merged[-2:] = [np.concatenate(merged[-2:])]
+    return merged
 
 
 def stratified_sets(rng: np.random.Generator, strata: list[np.ndarray], members: Sequence[int], n: int) -> np.ndarray:

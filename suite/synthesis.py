@@ -24,7 +24,8 @@ from .verdicts import ALPHA
 SIDES = ("organized", "routed")
 RULE = (f"A side holds when more than half of its cases pass and survive the run's Benjamini-Hochberg correction "
         f"(q < {ALPHA}); it does not hold when more than half reached a verdict and do not (fail, or pass only "
-        f"before correction). Otherwise (evidence split, too many cases inconclusive or errored, or no case of "
+        f"before correction). A pass unverified for want of observed cells counts for neither. "
+        f"Otherwise (evidence split, too many cases inconclusive or errored, or no case of "
         f"that side for the pathway) the side is inconclusive, and so is the line. One stray pass among several "
         f"probes does not make a pathway organized or routed.")
 LINES = {(True, True): "organized and routed", (True, False): "organized but not routed",
@@ -44,7 +45,8 @@ class Cell:
     verdict: str
     expected: str | None
     q: float | None
-    discovery: bool                    # passes and survives the run's BH correction
+    discovery: bool                    # passes, survives the run's BH correction, and is verified
+    unverified: str | None = None      # a pass whose KDs were not judged on observed cells (suite/verdicts.py)
 
 
 @dataclass(frozen=True)
@@ -104,13 +106,16 @@ def read_side(side: str, cells: list[Cell], pathway: str) -> SideReading:
     if not cells:
         return SideReading(side, "inconclusive", f"no {side} hypothesis covers {pathway}")
     found = sum(c.discovery for c in cells)
-    uncorrected = sum(c.verdict == "pass" and not c.discovery for c in cells)
-    unsettled = sum(c.verdict in ("inconclusive", "error") for c in cells)
+    unverified = sum(c.verdict == "pass" and bool(c.unverified) for c in cells)
+    uncorrected = sum(c.verdict == "pass" and not c.discovery and not c.unverified for c in cells)
+    unsettled = sum(c.verdict in ("inconclusive", "error") for c in cells) + unverified
     text = f"{found} of {len(cells)} pass with q < {ALPHA}"
     if uncorrected:
         text += f"; {uncorrected} more pass only before correction"
-    if unsettled:
-        text += f"; {unsettled} inconclusive or errored"
+    if unverified:
+        text += f"; {unverified} pass unverified (no observed cells: which KDs the model learned is not known)"
+    if unsettled - unverified:
+        text += f"; {unsettled - unverified} inconclusive or errored"
     if found > len(cells) / 2:
         return SideReading(side, "holds", text)
     if len(cells) - found - unsettled > len(cells) / 2:
@@ -169,5 +174,6 @@ def _reading(kind: str, pathway: str, cases: list[dict[str, Any]]) -> Reading | 
 
 def _cell(case: dict[str, Any]) -> Cell:
     q = case.get("q")
-    discovery = case["verdict"] == "pass" and (q is None or q < ALPHA)
-    return Cell(case["case_id"], case["verdict"], case.get("expected"), q, discovery)
+    unverified = case.get("unverified") if case["verdict"] == "pass" else None
+    discovery = case["verdict"] == "pass" and (q is None or q < ALPHA) and not unverified
+    return Cell(case["case_id"], case["verdict"], case.get("expected"), q, discovery, unverified)

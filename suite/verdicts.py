@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from core.errors import Inconclusive, ProbeError
+from reports.labels import UNVERIFIED
 
 from .baseline import change_since, regression_message
 
@@ -97,6 +98,7 @@ class CaseResult:
     cache: dict[str, dict[str, int]] = field(default_factory=dict)   # per model: probe outputs reused / computed
     calibration: dict[str, dict] | None = None    # --calibrate: the case under each null (suite/calibration.py)
     outputs: dict[str, str] = field(default_factory=dict)   # per model: what the probes read, genes | embedding
+    unverified: str | None = None  # a pass whose KDs were not judged on observed cells: why it is unverified
 
     def to_dict(self) -> dict[str, Any]:
         return finite(asdict(self))
@@ -139,6 +141,7 @@ def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> C
         record.statistic, record.value, record.effect = evidence.statistic, evidence.value, evidence.effect
         record.ci, record.p, record.n = list(evidence.ci) if evidence.ci else None, evidence.p, dict(evidence.n)
         record.null, record.seed, record.details = evidence.null, evidence.seed, dict(evidence.details)
+        record.unverified = unverified(evidence) if record.verdict == "pass" else None
     finally:
         record.seconds = round(time.perf_counter() - start, 3)
         record.cache = ctx.cache_since(cached)
@@ -166,6 +169,18 @@ def require_kind(case: Case, ctx: RunContext) -> None:
             holds, why = NEEDS[need]
             if not holds(model):
                 raise Inconclusive(f"{check.name} does not apply: " + why.format(name=name, kind=model.kind))
+
+
+def unverified(evidence: Evidence) -> str | None:
+    """Why a pass of a KD-set test is not evidence yet, or None: without observed perturbed cells the
+    suite cannot tell the KDs a model learned from those it collapsed onto one generic response, and
+    any set of the latter looks coherent (suite/learnedness.py)."""
+    learned = evidence.details.get("learned") or {}
+    if learned.get("observed", True):
+        return None
+    return (f"{UNVERIFIED}: which KDs the model learned was not judged ({learned.get('source', 'no perturbed cells')});"
+            " KDs a model did not learn share one generic response and look coherent. Give the model a "
+            "'perturbed:' entry in the models registry to verify this pass")
 
 
 def _audit(case: Case, ctx: RunContext) -> None:

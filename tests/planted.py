@@ -164,21 +164,27 @@ class World:
 
 def world(seed: int, n_kds: int = 60, n_genes: int = 40, hidden: int = 12, n_sets: int = 8,
           n_clusters: int = 6, weak_share: float = 0.3, agreement: float = 0.8, n_cells: int = 64,
-          coupled: bool = True, plant: dict | None = None) -> World:
+          coupled: bool = True, plant: dict | None = None, cluster: np.ndarray | None = None,
+          magnitude: np.ndarray | None = None, spread: float = 0.7, shared: float = 0.0) -> World:
     """Two models whose KDs fall in `n_clusters` clusters, a `weak_share` of them with weak effects
     that collapse onto one generic response; model_b shares model_a's structure (`agreement`) plus its
     own noise. `coupled`: the routing Jacobians follow the KDs' ΔY (as in a trained model) or not (the
     null of the whole-model routing tests). `plant` adds signal for a set of KDs or genes:
-    {"kds": [...], "genes": [...], "size": s}."""
+    {"kds": [...], "genes": [...], "size": s}. `cluster` and `magnitude` [n_kds] replace the drawn ones
+    (the weak share still applies), `spread` is the members' scatter about their cluster's centroid, and
+    `shared` the weight of the generic response that every KD with an effect carries besides its own."""
     rng = np.random.default_rng(seed)
     genes = tuple(f"g{i:02d}" for i in range(n_genes))
     kds = genes[:n_kds] if n_kds <= n_genes else genes + tuple(f"k{i:02d}" for i in range(n_kds - n_genes))
-    cluster = rng.integers(0, n_clusters, n_kds)
-    magnitude = np.exp(rng.normal(0.0, 1.0, n_kds))
+    drawn_cluster, drawn_magnitude = rng.integers(0, n_clusters, n_kds), np.exp(rng.normal(0.0, 1.0, n_kds))
+    cluster = drawn_cluster if cluster is None else np.asarray(cluster)
+    magnitude = drawn_magnitude if magnitude is None else np.asarray(magnitude, dtype=float).copy()
+    n_clusters = max(n_clusters, int(cluster.max()) + 1)
     weak = rng.random(n_kds) < weak_share
     magnitude[weak] *= 0.05
     centroids, generic = rng.normal(size=(n_clusters, n_genes)), rng.normal(size=n_genes)
-    direction = centroids[cluster] + 0.7 * rng.normal(size=(n_kds, n_genes))
+    direction = centroids[cluster] + spread * rng.normal(size=(n_kds, n_genes))
+    direction[~weak] += shared * generic
     direction[weak] = generic + 0.3 * rng.normal(size=(weak.sum(), n_genes))
     plant = plant or {}
     planted_kds = [kds.index(k) for k in plant.get("kds", ())]

@@ -90,14 +90,28 @@ def test_pert_embedding_nn_hit_rate(planted):
     assert evidence.details["hits"] == hits
 
 
-def test_pert_embedding_consistency(planted):
+def _profile_r(sim_a, sim_b, i):
+    others = np.arange(len(sim_a)) != i
+    return spearmanr(sim_a[i, others], sim_b[i, others])[0]
+
+
+@pytest.mark.parametrize("statistic", ["profile_correlation", "neighbour_overlap"])
+def test_pert_embedding_consistency(planted, statistic):
     w, panel = planted
     (a, members), (b, _) = _rows(w), _rows(w, "model_b")
-    evidence = run(CaseFor("pert_embedding_consistency")(panel, PAIR), w.ctx)
+    evidence = run(CaseFor("pert_embedding_consistency", {"statistic": statistic})(panel, PAIR), w.ctx)
     sims = [_cosine(o.embeddings[1:] - o.embeddings[0]) for o in (a, b)]     # displacements from the control
-    assert evidence.value == pytest.approx(_jaccard_of_knn(*sims, members, 5), abs=1e-12)
-    per_kd = np.array([_jaccard_of_knn(*sims, [i], 5) for i in members])
+    if statistic == "neighbour_overlap":
+        per_kd = np.array([_jaccard_of_knn(*sims, [i], 5) for i in members])
+    else:
+        per_kd = np.array([_profile_r(*sims, i) for i in members])
+    assert evidence.value == pytest.approx(per_kd.mean(), abs=1e-12)
     assert evidence.ci == pytest.approx(_t_interval(per_kd - evidence.details["null_mean"]))
+    everyone = np.array([_profile_r(*sims, i) if statistic == "profile_correlation" else
+                         _jaccard_of_knn(*sims, [i], 5) for i in range(len(sims[0]))])
+    reference = _mc_p(lambda s: everyone[s].mean(), len(everyone), len(members), evidence.value)
+    label = run(CaseFor("pert_embedding_consistency", {"statistic": statistic, **LABEL})(panel, PAIR), w.ctx)
+    assert _close_p(label.p, reference, 2000)
 
 
 def test_representation_coherence(planted):
@@ -136,7 +150,9 @@ def test_representation_consistency(planted):
     (a, members), (b, _) = _rows(w), _rows(w, "model_b")
     evidence = run(CaseFor("representation_consistency")(panel, PAIR), w.ctx)
     sims = [_cosine(o.per_set[:8, 1:].mean(axis=0)) for o in (a, b)]
-    assert evidence.value == pytest.approx(_jaccard_of_knn(*sims, members, 5), abs=1e-12)
+    assert evidence.value == pytest.approx(np.mean([_profile_r(*sims, i) for i in members]), abs=1e-12)
+    overlap = run(CaseFor("representation_consistency", {"statistic": "neighbour_overlap"})(panel, PAIR), w.ctx)
+    assert overlap.value == pytest.approx(_jaccard_of_knn(*sims, members, 5), abs=1e-12)
 
 
 def test_knockout_coherence(planted):

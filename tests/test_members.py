@@ -39,11 +39,15 @@ def test_too_few_present_is_inconclusive_with_the_reason():
 class _Judged:
     """A run context whose only model has a given learnedness table."""
 
-    def __init__(self, table):
-        self.table = table
+    def __init__(self, table, pooled=None):
+        self.table, self.pooled, self.asked = table, pooled, []
 
     def learnedness(self, name):
         return self.table
+
+    def pooled_learnedness(self, name, members):
+        self.asked.append(members)
+        return None if self.pooled is None else self.pooled(members)
 
 
 def _table(statuses: dict[str, str]):
@@ -58,14 +62,15 @@ def _table(statuses: dict[str, str]):
     return Learnedness(kds, (low + high) / 2, low, high, np.full(len(kds), 30), untrained, "observed cells")
 
 
-def _scope(statuses, members, min_members=3):
+def _scope(statuses, members, min_members=3, ctx=None):
     from types import SimpleNamespace
 
     from suite.checks.common import scope
 
     panel = Panel("p", tuple(members), (), file="panels.yaml", line=2)
     params = SimpleNamespace(on_unknown="error", min_members=min_members)
-    return scope(_Judged(_table(statuses)), ["m"], panel.kds, panel, tuple(statuses), frozenset(statuses), params)
+    return scope(ctx or _Judged(_table(statuses)), ["m"], panel.kds, panel, tuple(statuses), frozenset(statuses),
+                 params)
 
 
 def test_a_set_test_runs_over_the_learned_kds_only():
@@ -82,3 +87,31 @@ def test_a_set_whose_members_are_mostly_not_learned_is_inconclusive():
         _scope(statuses, ["L0", "L1", "U0", "U1", "U2"])
     assert "2 of the 5 KDs of pathway 'p' are learned" in info.value.reason
     assert "U0 (untrained)" in info.value.reason
+
+
+def _pooled_as(status):
+    from suite.learnedness import Pooled
+
+    low, high = {"learned": (0.05, 0.3), "undetermined": (-0.1, 0.2)}[status]
+    return lambda members: Pooled(tuple(members), (low + high) / 2, low, high, 20 * len(members))
+
+
+def test_undetermined_members_enter_the_test_when_their_pooled_response_is_learned():
+    """The undetermined members are pooled (the not-learned one is not asked about) and join the learned
+    ones when their shared response is learned; the card says so."""
+    statuses = ({f"L{i}": "learned" for i in range(10)} | {f"U{i}": "undetermined" for i in range(4)}
+                | {"N0": "not learned"})
+    ctx = _Judged(_table(statuses), _pooled_as("learned"))
+    found = _scope(statuses, ["L0", "U0", "U1", "U2", "U3", "N0"], ctx=ctx)
+    assert ctx.asked == [("U0", "U1", "U2", "U3")]
+    assert found.present == ["L0", "U0", "U1", "U2", "U3"] and found.learned["left_out"] == {"N0": "not learned"}
+    assert "U0" in found.kds and "N0" not in found.kds
+    assert "4 undetermined members, pooled (80 cells)" in found.learned["pooled_text"]
+    assert found.learned["pooled"]["m"]["status"] == "learned"
+
+
+def test_undetermined_members_stay_out_when_their_pooled_response_is_not_learned():
+    statuses = {f"L{i}": "learned" for i in range(10)} | {f"U{i}": "undetermined" for i in range(4)}
+    with pytest.raises(Inconclusive) as info:
+        _scope(statuses, ["L0", "U0", "U1", "U2", "U3"], ctx=_Judged(_table(statuses), _pooled_as("undetermined")))
+    assert "1 of the 5 KDs" in info.value.reason and "pooled (80 cells)" in info.value.reason

@@ -208,3 +208,53 @@ def test_xdist_workers_give_the_same_record(demo_run_result, tmp_path):
         return cases, sorted(document["run"]["models"])
 
     assert verdicts(tmp_path / "latest") == verdicts(report)
+
+
+def test_without_observed_cells_a_pass_reads_unverified_everywhere(tmp_path):
+    """The demo's hepg2_fewshot without its 'perturbed:' entry: which KDs it learned is not judged, so
+    a pass of a KD-set test is "pass (unverified: no observed cells)" in the terminal, the record, the
+    card, the synthesis grid and its reading, and JUnit; the run still exits 0 and the side of the
+    synthesis it speaks for does not hold on it."""
+    import xml.etree.ElementTree as ET
+
+    import yaml
+
+    from .helpers import DEMO
+
+    entry = yaml.safe_load((DEMO / "models.yaml").read_text())["models"]["hepg2_fewshot"]
+    entry.pop("perturbed")
+    entry.pop("sae")
+    entry["model_dir"] = str(DEMO / entry["model_dir"])
+    entry["cells"]["path"] = str(DEMO / entry["cells"]["path"])
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump({"schema_version": 1, "models": {"hepg2_fewshot": entry}}))
+    (tmp_path / "hyp").mkdir()
+    (tmp_path / "hyp" / "spec.yaml").write_text(dedent(f"""
+        schema_version: 1
+        panels: [{PANELS}]
+        hypotheses:
+          - id: coh
+            claim: Ribosome KDs sit together.
+            probe: pert_embedding_coherence
+            axes: {{model: [hepg2_fewshot], pathway: [ribosome]}}
+            params: {{n_permutations: 199, n_bootstrap: 199}}
+        """))
+    result = run_pytest(f"--models={tmp_path / 'models.yaml'}", f"--hypotheses={tmp_path / 'hyp'}",
+                        f"--report-dir={tmp_path / 'reports'}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "coh-hepg2_fewshot-ribosome] PASSED (unverified: no observed cells)" in result.stdout
+    assert re.search(r"1 unverified", result.stdout) and "1 pass(es) unverified (no observed cells for " \
+        "hepg2_fewshot)" in result.stdout
+    latest = tmp_path / "reports" / "latest"
+    case = json.loads((latest / "verdicts.json").read_text())["cases"][0]
+    assert case["verdict"] == "pass" and case["outcome"] == "unverified"
+    assert case["unverified"].startswith("unverified: no observed cells: which KDs the model learned was not judged")
+    record = json.loads((latest / "verdicts.json").read_text())
+    assert record["run"]["counts"]["unverified"] == 1
+    cell = record["synthesis"]["grids"][0]["rows"][0]["cells"][0][0]
+    assert cell["unverified"] and not cell["discovery"]
+    reading = record["synthesis"]["grids"][0]["rows"][0]["reading"]["organized"]
+    assert reading["state"] == "inconclusive" and "1 pass unverified" in reading["text"]
+    properties = {p.get("name"): p.get("value") for p in ET.parse(latest / "junit.xml").iter("property")}
+    assert properties["verdict"] == "pass (unverified: no observed cells)"
+    html = (latest / "verdict.html").read_text()
+    assert ">pass (unverified: no observed cells)</span>" in html and "dot pass unverified" in html

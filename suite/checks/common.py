@@ -22,10 +22,12 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from core.errors import Inconclusive, UnknownNameError, describe_unknown
 
 from .. import stats
+from ..verdicts import ALPHA
 
 if TYPE_CHECKING:
     from ..panels import Panel
@@ -64,12 +66,13 @@ class Scope:
     members: np.ndarray        # positions of the pathway's members within `kds`
     present: list[str]         # the members used
     dropped: list[str]         # panel names the model lacks
-    learned: dict = field(default_factory=dict)   # what learnedness left out, for the card ({} if not judged)
+    learned: dict = field(default_factory=dict)   # what learnedness left out and how it judged, for the card
 
     @property
     def sizes(self) -> dict[str, int]:
         sizes = {"members": len(self.members), "kds": len(self.kds)}
-        if self.learned:
+        if self.learned and (self.learned["observed"] or self.learned["left_out"] or
+                             len(self.kds) < self.learned["kds_of"]):
             sizes |= {"panel_kds_present": self.learned["panel_present"], "kds_judged": self.learned["kds_of"]}
         return sizes
 
@@ -77,19 +80,28 @@ class Scope:
 def scope(ctx: RunContext, models: Sequence[str], names: Sequence[str], panel: Panel, kds: Sequence[str],
           universe: frozenset[str], p, what: str = "KDs") -> Scope:
     """Resolve `names` (the panel's KDs) against `kds` and keep the KDs every model learned
-    (suite/learnedness.py). A set is inconclusive when most of its members are known not to be learned
-    (judged not learned, untrained, or without observed cells), or fewer than `min_members` are
-    learned: its coherence could be the models' generic response to KDs they did not learn. KDs
-    whose judgement is undetermined are left out of the test but count against no set."""
+    (suite/learnedness.py). Members whose own judgement is undetermined (too few cells for one KD)
+    are pooled: when the model learned their shared response they enter the test too. A set is
+    inconclusive when most of its members are known not to be learned (judged not learned,
+    untrained, or without observed cells), or fewer than `min_members` are learned: its coherence
+    could be the models' generic response to KDs they did not learn."""
     label = " and ".join(models)
     present, dropped = resolve_members(names, kds, universe, panel=panel, model=label, what=what,
                                        on_unknown=p.on_unknown, min_members=p.min_members)
     tables = [ctx.learnedness(m) for m in models]
     usable = set(kds)
     status: dict[str, list[str]] = {}
-    for table in tables:
+    pooled: dict[str, dict] = {}
+    for model, table in zip(models, tables, strict=True):
         index = {k: i for i, k in enumerate(table.kds)}
-        usable &= {k for k in kds if k in index and table.usable[index[k]]}
+        alone = {k for k in kds if k in index and table.usable[index[k]]}
+        undetermined = [k for k in present if k in index and table.status(index[k]) == "undetermined"]
+        found = ctx.pooled_learnedness(model, tuple(undetermined)) if len(undetermined) >= 2 else None
+        if found is not None:
+            pooled[model] = found.to_dict()
+            if found.status == "learned":
+                alone |= set(found.kds)
+        usable &= alone
         for k in present:
             status.setdefault(k, []).append(table.status(index[k]) if k in index else "no cells")
     used = [k for k in present if k in usable]
@@ -101,21 +113,33 @@ def scope(ctx: RunContext, models: Sequence[str], names: Sequence[str], panel: P
         rule = ("prediction closer to the observed shift than the generic prediction" if observed else
                 "pert_encoder column moved by training")
         raise Inconclusive(f"{len(used)} of the {len(present)} {what} of pathway '{panel.name}' are learned by "
-                           f"{label} ({rule}; a test needs {p.min_members} and no majority against): {shown}. "
-                           "KDs a model did not learn share its generic response, so their coherence would not "
-                           "show that the model learned the pathway")
+                           f"{label} ({rule}; a test needs {p.min_members} and no majority against): {shown}"
+                           f"{pooled_text(pooled)}. KDs a model did not learn share its generic response, so "
+                           "their coherence would not show that the model learned the pathway")
     kept = [k for k in kds if k in usable]
     if len(kept) < len(used) + max(2, p.min_members):
         raise Inconclusive(f"{label} learned only {len(kept)} of {len(kds)} KDs: too few outside the pathway "
                            "for a null")
-    learned = {}
-    if len(kept) < len(kds) or observed:
-        learned = {"members": f"{len(used)} of {len(present)}", "panel_present": len(present),
-                   "kds": f"{len(kept)} of {len(kds)}", "kds_of": len(kds), "left_out": left_out,
-                   "source": "; ".join(f"{m}: {t.source}" for m, t in zip(models, tables, strict=True))}
+    learned = {"members": f"{len(used)} of {len(present)}", "panel_present": len(present),
+               "kds": f"{len(kept)} of {len(kds)}", "kds_of": len(kds), "left_out": left_out, "observed": observed,
+               "source": "; ".join(f"{m}: {t.source}" for m, t in zip(models, tables, strict=True))}
+    if pooled:
+        learned |= {"pooled": pooled, "pooled_text": pooled_text(pooled).lstrip("; ")}
     position, kept_position = {k: i for i, k in enumerate(kds)}, {k: i for i, k in enumerate(kept)}
     return Scope(kept, np.array([position[k] for k in kept]), np.array([kept_position[k] for k in used]), used,
                  dropped, learned)
+
+
+def pooled_text(pooled: dict[str, dict]) -> str:
+    """'; pooled, the N undetermined members ...' for each model whose undetermined members were pooled."""
+    parts = []
+    for model, found in pooled.items():
+        low, high = found["ci"]
+        verdict = "learned: they enter the test" if found["status"] == "learned" else found["status"]
+        parts.append(f"{model}: the shared response of its {len(found['kds'])} undetermined members, pooled "
+                     f"({found['n_cells']} cells), specific R² {found['score']:.2f} ({low:.2f} to {high:.2f}): "
+                     f"{verdict}")
+    return "".join(f"; {p}" for p in parts)
 
 
 def resolve_members(names: Sequence[str], available: Sequence[str], universe: Iterable[str], *, panel: Panel,
@@ -186,34 +210,55 @@ def null_sets(p: NullParams, members: np.ndarray, n_kds: int, magnitude: Magnitu
     rng = np.random.default_rng(p.seed)
     if p.null_model == "label_permutation":
         return stats.random_sets(rng, np.arange(n_kds), len(members), p.n_permutations)
-    strata = stats.magnitude_strata(magnitude(), np.arange(n_kds), p.stratum_size)
+    strata = stats.magnitude_strata(magnitude(), np.arange(n_kds), p.stratum_size, members)
     return stats.stratified_sets(rng, strata, members, p.n_permutations)
 
 
-def neighbour_consistency(sims: tuple[np.ndarray, np.ndarray], k: int, members: np.ndarray, null_sets: np.ndarray
-                          ) -> tuple[stats.PermutationResult, tuple[float, float] | None]:
-    """Mean Jaccard overlap of the members' k nearest KDs in two models' similarity matrices, against
-    the same on `null_sets` (both models kept as they are), and the CI of its excess over the null
-    mean. Each KD's overlap is fixed by the two models, so the statistic is a mean of per-KD values
+ConsistencyStatistic = Literal["profile_correlation", "neighbour_overlap"]
+
+
+def consistency_test(sims: tuple[np.ndarray, np.ndarray], statistic: ConsistencyStatistic, k: int,
+                     members: np.ndarray, null_sets: np.ndarray
+                     ) -> tuple[stats.PermutationResult, tuple[float, float] | None]:
+    """Cross-model consistency of the members against the same on `null_sets` (both models kept as
+    they are), and the CI of its excess over the null mean. Per KD, `profile_correlation` is the
+    Spearman r of its similarities to every other KD in the two models (stats.profile_correlations),
+    `neighbour_overlap` the Jaccard overlap of its k nearest KDs: inside a block of near-identical KDs
+    which KD is whose nearest neighbour is noise, so the overlap misses a shared homogeneous program
+    that the profiles see. Either way the statistic is a mean of per-KD values fixed by the two models
     and its interval the Student-t interval of that mean (the bootstraps of a mean of 8 values
     undercover: tests/test_coverage.py)."""
-    jaccard = stats.neighbour_jaccards(stats.knn_table(sims[0], k), stats.knn_table(sims[1], k))
-    result = stats.set_permutation_test(lambda s: float(jaccard[s].mean()), members, null_sets,
-                                        lambda sets: jaccard[sets].mean(axis=1))
-    ci = stats.mean_ci(jaccard[members] - result.null_mean)
+    if statistic == "profile_correlation":
+        per_kd = stats.profile_correlations(*sims)
+    else:
+        per_kd = stats.neighbour_jaccards(stats.knn_table(sims[0], k), stats.knn_table(sims[1], k))
+    result = stats.set_permutation_test(lambda s: float(per_kd[s].mean()), members, null_sets,
+                                        lambda sets: per_kd[sets].mean(axis=1))
+    ci = stats.mean_ci(per_kd[members] - result.null_mean)
     return result, ci
+
+
+def consistency_text(statistic: ConsistencyStatistic, k: int, space: str) -> str:
+    if statistic == "profile_correlation":
+        return (f"mean over the pathway's KDs of the Spearman r between each KD's {space} similarities to every "
+                "other KD in the two models")
+    return f"mean Jaccard overlap of the {k} nearest KDs in {space} in the two models"
 
 
 def set_null_text(p: NullParams, n_members: int, n_kds: int, magnitude: str, unit: str = "KDs") -> str:
     if p.null_model == "label_permutation":
         return f"label permutation: {p.n_permutations} random sets of {n_members} of the {n_kds} {unit}"
     return (f"magnitude-stratified permutation: {p.n_permutations} random sets of {n_members} of the {n_kds} {unit} "
-            f"with the members' count in each stratum of ~{p.stratum_size} {unit} of similar {magnitude}")
+            f"with the members' count in each stratum of ~{p.stratum_size} {unit} of similar {magnitude} "
+            "(strata merged where the members would be more than half)")
 
 
 def histogram(null: np.ndarray, observed: float, bins: int = 30) -> dict:
     """A compact null histogram (for the report's plot)."""
-    counts, edges = np.histogram(null, bins=bins)
+    try:
+        counts, edges = np.histogram(null, bins=bins)
+    except ValueError:         # a null of (nearly) one value: numpy cannot cut its range into bins
+        counts, edges = np.histogram(null, bins=1)
     return {"counts": counts.tolist(), "edges": edges.tolist(), "observed": observed}
 
 
@@ -257,27 +302,80 @@ def similarity_heatmap(similarity: Callable[[list[int]], np.ndarray], names: lis
     return {"names": [names[i] for i in shown], "groups": labels, "values": block.tolist()}
 
 
+@dataclass(frozen=True)
+class Selectivity:
+    """How far a model's statistic lies above its re-initialised copies': a one-sided prediction
+    bound for one more exchangeable copy, from the copies' mean and spread (Student t, k - 1 degrees
+    of freedom: exact when the statistic spreads normally over initialisations)."""
+
+    observed: float
+    copies: tuple[float, ...]
+    p: float                     # P(one more copy >= observed) under the bound's model
+    bound: float                 # the upper (1 - alpha) prediction bound of one more copy
+
+    @property
+    def beats_all(self) -> bool:
+        return all(self.observed > c for c in self.copies)
+
+    def held(self, alpha: float) -> bool:
+        """Beats every copy (a rank test at level 1/(k+1)) and lies beyond the bound (level alpha)."""
+        return self.beats_all and self.p < alpha
+
+
+def selectivity(observed: float, copies: Sequence[float], alpha: float) -> Selectivity:
+    """The prediction-bound test of `observed` against `copies` (at least 2). With no spread among the
+    copies the bound says nothing: p is then the rank level 1/(k+1), which no alpha below it passes."""
+    k = len(copies)
+    values = np.asarray(copies, dtype=float)
+    mean, sd = float(values.mean()), float(values.std(ddof=1))
+    scale = sd * np.sqrt(1 + 1 / k)
+    if not scale > 0:
+        return Selectivity(observed, tuple(copies), 1 / (k + 1), mean)
+    p = float(student_t.sf((observed - mean) / scale, k - 1))
+    return Selectivity(observed, tuple(copies), p, mean + float(student_t.isf(alpha, k - 1)) * scale)
+
+
+def copies_problem(p) -> str | None:
+    """The `validate` rule every check with `reinit_copies` shares: one copy has no spread to bound."""
+    if getattr(p, "reinit_copies", 0) == 1:
+        return ("'reinit_copies: 1' gives no spread to bound the copies by: give 0 (no selectivity condition) or "
+                "at least 2 (each copy costs a model's worth of probe outputs)")
+    return None
+
+
 def beat_copies(evidence: Evidence, observed: float, drawn: Iterable[float], asked: int, name: str,
                 what: str = "") -> Evidence:
-    """The evidence with one more condition, selectivity: `observed` (the model's statistic) beats the
-    same statistic on each of `asked` re-initialised copies of model `name` (`drawn` yields them one
-    at a time). An architecture can produce a statistic by itself; a pass must be more than that."""
+    """The evidence with one more condition, selectivity: `observed` (the model's statistic) beats
+    the same statistic on each of `asked` re-initialised copies of model `name` (`drawn` yields them
+    one at a time) and lies above their upper prediction bound at the run's alpha (`selectivity`). An
+    architecture can produce a statistic by itself; a pass must be more than that, at a stated level:
+    beating k copies alone is a test at level 1/(k+1) (0.25 with 3 copies)."""
     if asked == 0:
         return evidence
     copies = copies_until_matched(observed, drawn)
     if not all(np.isfinite(copies)):
         raise Inconclusive(f"the statistic is undefined on a re-initialised copy of '{name}' ({copies})")
-    margin = observed - max(copies)
-    held = margin > 0
     stopped = "" if len(copies) == asked else f"; stopped after copy {len(copies)} of {asked}, which already matches it"
-    text = (f"selectivity: {what}{observed:.3g} {'>' if held else '<='} {max(copies):.3g}, the largest of "
-            f"{len(copies)} re-initialised copies ({', '.join(f'{c:.3g}' for c in copies)}){stopped}")
-    selectivity = {"reinitialised": [round(c, 4) for c in copies], "margin": round(margin, 4), "copies_asked": asked}
+    shown = ", ".join(f"{c:.3g}" for c in copies)
+    if len(copies) < 2:
+        found, held = None, False
+        text = f"selectivity: {what}{observed:.3g} <= {copies[0]:.3g} on a re-initialised copy{stopped}"
+    else:
+        found = selectivity(observed, copies, ALPHA)
+        held = found.held(ALPHA) and len(copies) == asked
+        text = (f"selectivity: {what}{observed:.3g} {'>' if held else 'not >'} {found.bound:.3g}, the upper "
+                f"{1 - ALPHA:.0%} prediction bound of one more re-initialised copy (p = {found.p:.2g}, Student t "
+                f"from {len(copies)} copies: {shown}){stopped}")
+    margin = observed - max(copies)
+    selectivity_record = {"reinitialised": [round(c, 4) for c in copies], "margin": round(margin, 4),
+                          "copies_asked": asked}
+    if found is not None:
+        selectivity_record |= {"p": round(found.p, 6), "bound": round(found.bound, 4), "level": ALPHA}
     if what:
-        selectivity |= {"observed": observed, "of": what.rstrip(" ")}
+        selectivity_record |= {"observed": observed, "of": what.rstrip(" ")}
     return replace(evidence, conditions=(*evidence.conditions, (held, text)),
                    n=evidence.n | {"reinit_copies": len(copies)},
-                   details=evidence.details | {"selectivity": selectivity})
+                   details=evidence.details | {"selectivity": selectivity_record})
 
 
 def copies_until_matched(value: float, drawn: Iterable[float]) -> list[float]:

@@ -282,7 +282,7 @@ def _drivers_rule(_params: DriversParams) -> PassRule:
 FAMILY = Family("sae_conserved", (
         Check("sae_conserved_features", ("model_pair",), FeaturesParams, conserved_features,
               "more SAE features of two models share their KD profile (Spearman r > 0.5) than under permuted KD "
-              "labels, and than re-initialised copies share"),
+              "labels, and than re-initialised copies share", validate=common.copies_problem),
         Check("sae_conserved_drivers", ("model_pair", "pathway"), DriversParams, conserved_drivers,
               "the pathway's KDs drive the two models' conserved SAE features more than random KDs do",
               _drivers_rule, side="organized"),

@@ -64,7 +64,7 @@ class PatchingParams:
     cell_set_size: int | None = None     # default: the model's cell_set_len
     cell_orderings: int | None = None
     n_permutations: int = 199            # matched random feature sets
-    reinit_copies: int = 2               # re-initialised copies the effect must beat (0: none)
+    reinit_copies: int = 3               # re-initialised copies the effect must beat (0: none, else >= 2)
     min_members: int = 3
     on_unknown: Literal["error", "drop"] = "error"
     seed: int = 0
@@ -80,7 +80,7 @@ def validate(p: PatchingParams) -> str | None:
         return "mode 'steer' needs a non-zero 'scale' (what is added to each chosen feature's activation)"
     if p.mode == "ablate" and p.scale != 0:
         return "'scale' applies to mode 'steer' only"
-    return None
+    return common.copies_problem(p)
 
 
 # ---- the numbers (pure functions) ----------------------------------------------------------------

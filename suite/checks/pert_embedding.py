@@ -2,10 +2,10 @@
 
 pert_embedding_coherence   per model and pathway: do the pathway's KDs sit closer together
                            (cosine of pert_encoder outputs) than random KD sets do?
-pert_embedding_consistency per model pair and pathway: do the pathway's KDs keep the same
-                           nearest neighbours in both models, more than random KD sets do? Both
-                           models stay as they are: two models that agree on every KD's
-                           neighbourhood single out no pathway.
+pert_embedding_consistency per model pair and pathway: does each pathway KD keep its place among
+                           all other KDs (the Spearman r of its similarity profile) in both models,
+                           more than the KDs of random sets do? Both models stay as they are: two
+                           models that agree on every KD single out no pathway.
 
 Both run over the KDs the models learned (common.scope). KDs with weak effects all collapse
 toward the control embedding and look "coherent" together. The default null is therefore a
@@ -55,7 +55,8 @@ class CoherenceParams(SetTestParams):
 
 @dataclass(frozen=True)
 class ConsistencyParams(SetTestParams):
-    k: int = 5
+    statistic: common.ConsistencyStatistic = "profile_correlation"
+    k: int = 5                             # nearest KDs compared, for statistic: neighbour_overlap
     # displacements from the control: in raw cosine every KD's nearest neighbours are the most
     # collapsed KDs in any model, which reads as agreement (tests/test_stats.py)
     center: Literal["none", "control"] = "control"
@@ -121,10 +122,10 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
     sims = tuple(_restrict(ctx, m, scope.kds, p.center) for m in (model_a, model_b))
     members = scope.members
     magnitude = lambda: _pair_magnitude(ctx, (model_a, model_b), scope.kds, p)  # noqa: E731
-    result, ci = common.neighbour_consistency(sims, p.k, members,
-                                              common.null_sets(p, members, len(scope.kds), magnitude))
+    result, ci = common.consistency_test(sims, p.statistic, p.k, members,
+                                         common.null_sets(p, members, len(scope.kds), magnitude))
     return Evidence(
-        statistic=f"mean Jaccard overlap of {p.k} nearest KDs in both models" + _center_text(p),
+        statistic=common.consistency_text(p.statistic, p.k, "pert_encoder") + _center_text(p),
         value=result.observed, effect=result.observed - result.null_mean, ci=ci, p=result.p,
         n=scope.sizes | {"shared_kds": len(shared), "permutations": p.n_permutations},
         seed=p.seed,
@@ -207,5 +208,5 @@ FAMILY = Family("pert_embedding", (
         Check("pert_embedding_coherence", ("model", "pathway"), CoherenceParams, coherence,
               "pathway KDs closer in pert_encoder space than random KD sets", side="organized"),
         Check("pert_embedding_consistency", ("model_pair", "pathway"), ConsistencyParams, consistency,
-              "pathway KDs keep their nearest neighbours across two models"),
+              "pathway KDs keep their similarity to every other KD across two models"),
     ), Card(settings=("cell_set_size", "null_model")))

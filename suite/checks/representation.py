@@ -11,8 +11,10 @@ representation_coherence     within-pathway cosine - all-pairs cosine (the notes
 representation_clusters      average-linkage clusters of the KDs; the pathway's best cluster
                              (smallest hypergeometric p), against random KD sets' best clusters;
                              the enrichment table is reported
-representation_consistency   across a model pair: Jaccard overlap of each pathway KD's k nearest
-                             KDs in the two models, against random KD sets of the same two models
+representation_consistency   across a model pair: the Spearman r of each pathway KD's similarities
+                             to every other KD in the two models (or, `statistic: neighbour_overlap`,
+                             the Jaccard overlap of its k nearest KDs), against random KD sets of the
+                             same two models
 
 Each runs over the KDs the models learned (common.scope), and its null keeps the members' count in
 strata of KDs of similar magnitude: KDs a model did not learn, and weak ones, share a generic
@@ -71,7 +73,8 @@ class ClusterParams(RepresentationParams):
 
 @dataclass(frozen=True)
 class ConsistencyParams(RepresentationParams):
-    k: int = 5                             # nearest KDs compared
+    statistic: common.ConsistencyStatistic = "profile_correlation"
+    k: int = 5                             # nearest KDs compared, for statistic: neighbour_overlap
 
 
 def validate(p: RepresentationParams) -> str | None:
@@ -160,10 +163,10 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
     x_b = set_b.mean(0)[[model_b.kd_names.index(k) for k in scope.kds]]
     sims = (stats.cosine_similarity_matrix(x_a), stats.cosine_similarity_matrix(x_b))
     magnitude = lambda: sum(np.argsort(np.argsort(np.linalg.norm(x, axis=1))) for x in (x_a, x_b))  # noqa: E731
-    result, ci = common.neighbour_consistency(sims, p.k, members,
-                                              common.null_sets(p, members, len(scope.kds), magnitude))
+    result, ci = common.consistency_test(sims, p.statistic, p.k, members,
+                                         common.null_sets(p, members, len(scope.kds), magnitude))
     return Evidence(
-        statistic=f"mean Jaccard overlap of the {p.k} nearest KDs in {label} in the two models",
+        statistic=common.consistency_text(p.statistic, p.k, label),
         value=result.observed, effect=result.observed - result.null_mean, ci=ci, p=result.p,
         n=scope.sizes | {"shared_kds": len(shared), "permutations": p.n_permutations, "cell_sets": p.n_cell_sets},
         null=common.set_null_text(p, len(members), len(scope.kds), f"{label} norm in the two models")
@@ -230,6 +233,12 @@ def _effect_rule(_params: RepresentationParams) -> PassRule:
     return PassRule(p_below=0.05, effect_above=0.1)
 
 
+def _consistency_rule(_params: ConsistencyParams) -> PassRule:
+    """The notes' effect bar (0.1) is one of cosines; a consistency's effect is a difference of mean
+    rank correlations (or overlaps) from its null's, whose size the test's p already weighs."""
+    return PassRule(p_below=0.05, effect_above=0.0)
+
+
 FAMILY = Family("representation", (
         Check("representation_coherence", ("model", "pathway"), RepresentationParams, coherence,
               "pathway KDs closer in a representation (ΔY, layer, SAE) than random KD sets", _effect_rule, validate,
@@ -237,5 +246,6 @@ FAMILY = Family("representation", (
         Check("representation_clusters", ("model", "pathway"), ClusterParams, clusters,
               "pathway KDs enriched in one cluster of a representation", validate=validate, side="organized"),
         Check("representation_consistency", ("model_pair", "pathway"), ConsistencyParams, consistency,
-              "pathway KDs keep their nearest KDs in a representation across two models", _effect_rule, validate),
+              "pathway KDs keep their similarity to every other KD in a representation across two models",
+              _consistency_rule, validate),
     ), Card(settings=("representation", "layer", "cell_set_size", "null_model")))

@@ -547,9 +547,11 @@ def _stability_rule(_p: RoutingParams) -> PassRule:
 
 FAMILY = Family("routing", (
         Check("routing_output_correlation", ("model",), CorrelationParams, output_correlation,
-              "KDs with similar ΔY have similar dY/d(pert_repr) Jacobians (Mantel r > 0.3)", _seeds_rule),
+              "KDs with similar ΔY have similar dY/d(pert_repr) Jacobians (Mantel r > 0.3)", _seeds_rule,
+              common.copies_problem),
         Check("routing_cluster_sharing", ("model",), SharingParams, cluster_sharing,
-              "KDs in one ΔY cluster share routing more than KDs in different clusters", _p_rule),
+              "KDs in one ΔY cluster share routing more than KDs in different clusters", _p_rule,
+              common.copies_problem),
         Check("routing_axes", ("model", "pathway"), AxesParams, axes,
               "a top SVD axis of the Jacobians separates the pathway's KDs or loads on its genes", _p_rule,
               side="routed", needs=lambda p: frozenset({"gene_outputs"} if p.by == "gene_loadings" else ())),
