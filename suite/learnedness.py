@@ -42,8 +42,9 @@ are judged.
 **Pooled over a set.** With 16 to 32 cells per KD, a program the model learned only partly leaves
 each of its KDs *undetermined*. `pooled` asks the same question of a set's shared response: the mean
 observed shift of the set's KDs against the mean of their predictions, with the generic directions
-computed outside the set and its members' programs and every member's own target left out; the
-interval resamples every member's cells. A KD-set test (suite/checks/common.scope) pools a panel's
+computed outside the set and its members' programs; on each gene the mean is over the members whose
+own target it is not (the KDs of a complex target the complex's own genes, which carry its program);
+the interval resamples every member's cells. A KD-set test (suite/checks/common.scope) pools a panel's
 undetermined members and keeps them when the pooled set is learned; members judged *not learned*
 never enter it.
 
@@ -292,23 +293,31 @@ def judge(screen: Screen, untrained: np.ndarray | None = None, programs: Iterabl
 def pooled(screen: Screen, members: Sequence[str], programs: Iterable[Sequence[str]] = ()) -> Pooled | None:
     """The judgement of the shared response of `members` (KD names of `screen`): their mean observed
     shift against their mean prediction, the generic responses computed outside the set and its
-    members' programs, every member's own target left out. None with fewer than 2 judged members."""
+    members' programs, each gene averaged over the members whose own target it is not. None with
+    fewer than 2 judged members."""
     index = {k: i for i, k in enumerate(screen.kds)}
     rows = [index[k] for k in members if k in index and screen.judged[index[k]]]
     if len(rows) < 2:
         return None
     own = programs_of(screen.kds, programs)
     outside = ~np.any([own[i] for i in rows], axis=0)
-    mask = screen.keep(rows)
+    # each gene's mean over the members whose own target it is not: the KDs of a complex often target
+    # the complex's own genes, which carry its program, so masking every member's target would drop them
+    keep = np.stack([screen.keep([i]) for i in rows])                       # [n, G]
+    counts = keep.sum(axis=0)
+    weights = np.divide(keep, counts, out=np.zeros_like(keep), where=counts > 0)
+    mask = (counts > 0).astype(float)
     try:
         q = screen.basis(outside, mask)
     except ValueError:
         return None
-    obs, pred = screen.observed[rows].mean(axis=0) * mask, screen.predicted[rows].mean(axis=0) * mask
+    obs = (weights * screen.observed[rows]).sum(axis=0)
+    pred = (weights * screen.predicted[rows]).sum(axis=0)
     score, total, directions = _judge_one(obs, pred, q)
     if not total > 0:
         return None
-    draws = np.mean([screen.projected_draws(i, directions) for i in rows], axis=0)
+    draws = np.sum([screen.projected_draws(i, directions * w[:, None]) for i, w in zip(rows, weights, strict=True)],
+                   axis=0)
     tail = (1 - LEVEL) / 2 * 100
     low, high = np.percentile(gain(draws), [tail, 100 - tail]) / total
     return Pooled(tuple(screen.kds[i] for i in rows), float(score), float(low), float(high),

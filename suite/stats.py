@@ -7,7 +7,7 @@ similar effect magnitude), with the exact permutation p = (1 + #null >= observed
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,30 +44,51 @@ def cosine_similarity_matrix(x: np.ndarray) -> np.ndarray:
     return np.clip(unit @ unit.T, -1.0, 1.0)
 
 
-def mean_pairwise(sim: np.ndarray, members: Sequence[int]) -> float:
-    """Mean of sim[i, j] over unordered pairs of distinct positions in `members`."""
+def related_pairs(n: int, groups: Iterable[Sequence[int]]) -> np.ndarray:
+    """[n, n] True where two distinct positions share one of `groups` (the other panels of a run):
+    pairs left out of a set's mean pairwise cosine, in the members and in every null set alike."""
+    related = np.zeros((n, n), dtype=bool)
+    for group in groups:
+        idx = np.asarray(group, dtype=int)
+        related[np.ix_(idx, idx)] = True
+    np.fill_diagonal(related, False)
+    return related
+
+
+def mean_pairwise(sim: np.ndarray, members: Sequence[int], related: np.ndarray | None = None) -> float:
+    """Mean of sim[i, j] over unordered pairs of distinct positions in `members`, pairs that are
+    `related` left out (nan when no pair is left)."""
     idx = np.asarray(members)
     block = sim[np.ix_(idx, idx)]
     upper = np.triu_indices(len(idx), k=1)
-    distinct = idx[upper[0]] != idx[upper[1]]
-    return float(block[upper][distinct].mean())
+    keep = idx[upper[0]] != idx[upper[1]]
+    if related is not None:
+        keep &= ~related[idx[upper[0]], idx[upper[1]]]
+    return float(block[upper][keep].mean()) if keep.any() else float("nan")
 
 
-def mean_pairwise_many(sim: np.ndarray, sets: np.ndarray, chunk: int = 512) -> np.ndarray:
-    """[n_sets] mean_pairwise of each row of `sets`, vectorised."""
+def mean_pairwise_many(sim: np.ndarray, sets: np.ndarray, related: np.ndarray | None = None,
+                       chunk: int = 512) -> np.ndarray:
+    """[n_sets] mean_pairwise of each row of `sets`, vectorised (nan for a set with no pair left)."""
     sets = np.asarray(sets)
     i, j = np.triu_indices(sets.shape[1], k=1)
     out = np.empty(len(sets))
     for start in range(0, len(sets), chunk):
         block = sets[start:start + chunk]
-        values, distinct = sim[block[:, i], block[:, j]], block[:, i] != block[:, j]
-        out[start:start + chunk] = (values * distinct).sum(axis=1) / distinct.sum(axis=1)
+        keep = block[:, i] != block[:, j]
+        if related is not None:
+            keep &= ~related[block[:, i], block[:, j]]
+        counted = keep.sum(axis=1)
+        total = (sim[block[:, i], block[:, j]] * keep).sum(axis=1)
+        out[start:start + chunk] = np.divide(total, counted, out=np.full(len(block), np.nan), where=counted > 0)
     return out
 
 
-def within_many(x: np.ndarray, sets: np.ndarray, chunk: int = 256) -> np.ndarray:
+def within_many(x: np.ndarray, sets: np.ndarray, related: np.ndarray | None = None, chunk: int = 256) -> np.ndarray:
     """[n_sets] the `within` of within_and_background for each row of `sets`, vectorised."""
     unit, sets = unit_rows(x), np.asarray(sets)
+    if related is not None:
+        return mean_pairwise_many(unit @ unit.T, sets, related)
     m = sets.shape[1]
     out = np.empty(len(sets))
     for start in range(0, len(sets), chunk):
@@ -82,18 +103,28 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x, dtype=float), where=norms > 0)
 
 
-def within_and_background(x: np.ndarray, members: Sequence[int]) -> tuple[float, float]:
+def within_and_background(x: np.ndarray, members: Sequence[int],
+                          related: np.ndarray | None = None) -> tuple[float, float]:
     """(mean cosine among members, mean cosine over all pairs of rows) without the full matrix:
-    the all-pairs mean is (||sum of unit rows||^2 - n) / (n (n - 1))."""
+    the all-pairs mean is (||sum of unit rows||^2 - n) / (n (n - 1)). `related` pairs are left out of
+    both means (their dot products are subtracted from the all-pairs sum)."""
     unit = unit_rows(x)
     n = len(unit)
     total = unit.sum(axis=0)
-    background = (float(total @ total) - float((unit * unit).sum())) / (n * (n - 1))
-    block = unit[np.asarray(members)]
+    pair_sum, n_pairs = (float(total @ total) - float((unit * unit).sum())) / 2, n * (n - 1) / 2
+    idx = np.asarray(members)
+    if related is not None:
+        ri, rj = np.nonzero(np.triu(related, k=1))
+        pair_sum -= float(np.einsum("ij,ij->", unit[ri], unit[rj]))
+        n_pairs -= len(ri)
+        distinct, position = np.unique(idx, return_inverse=True)     # a repeated member is not its own pair
+        block = unit[distinct]
+        return mean_pairwise(block @ block.T, position, related[np.ix_(distinct, distinct)]), pair_sum / n_pairs
+    block = unit[idx]
     m = len(block)
     summed = block.sum(axis=0)
     within = (float(summed @ summed) - float((block * block).sum())) / (m * (m - 1))
-    return within, background
+    return within, pair_sum / n_pairs
 
 
 def nn_hit_rate(sim: np.ndarray, members: Sequence[int], candidates: Sequence[int]) -> float:

@@ -25,7 +25,7 @@ import torch
 from suite.cases import Case
 from suite.checks.routing import Routing
 from suite.families import CHECKS
-from suite.learnedness import Learnedness
+from suite.learnedness import Learnedness, Screen
 from suite.panels import Panel
 from suite.session import RunContext
 from suite.spec import HypothesisSpec
@@ -91,6 +91,7 @@ class Outputs:
     learned: np.ndarray | None = None        # [K] bool, default all learned (judged without cells)
     sae_activity: np.ndarray | None = None   # [3, P, F] SAE features' mean, frequency, magnitude per perturbation
     sae_effects: np.ndarray | None = None    # [F, P, G] what ablating feature f alone changes under each perturbation
+    screen: Screen | None = None             # observed perturbed cells: learnedness judged on them (suite code)
 
 
 class PlantedRun(RunContext):
@@ -107,11 +108,18 @@ class PlantedRun(RunContext):
         return 1
 
     def learnedness(self, name: str) -> Learnedness:
+        if self.outputs[name].screen is not None:          # judged by the suite's own code on planted cells
+            return super().learnedness(name)
         kds = self.planted[name].kds
-        learned = self.outputs[name].learned
-        untrained = np.zeros(len(kds), bool) if learned is None else ~learned
         nan = np.full(len(kds), np.nan)
-        return Learnedness(kds, nan, nan, nan, np.zeros(len(kds)), untrained, "planted", observed=False)
+        return Learnedness(kds, nan, nan, nan, np.zeros(len(kds)), self.untrained(name), "planted", observed=False)
+
+    def untrained(self, name: str) -> np.ndarray:
+        learned = self.outputs[name].learned
+        return np.zeros(len(self.planted[name].kds), bool) if learned is None else ~learned
+
+    def observed_screen(self, name: str) -> Screen | None:
+        return self.outputs[name].screen
 
     def entry(self, name: str) -> SimpleNamespace:
         return SimpleNamespace(knockout=None, sae=None, perturbed=None)
@@ -165,13 +173,14 @@ class World:
 def world(seed: int, n_kds: int = 60, n_genes: int = 40, hidden: int = 12, n_sets: int = 8,
           n_clusters: int = 6, weak_share: float = 0.3, agreement: float = 0.8, n_cells: int = 64,
           coupled: bool = True, plant: dict | None = None, cluster: np.ndarray | None = None,
-          magnitude: np.ndarray | None = None, spread: float = 0.7, shared: float = 0.0) -> World:
+          magnitude: np.ndarray | None = None, spread: float | np.ndarray = 0.7, shared: float = 0.0) -> World:
     """Two models whose KDs fall in `n_clusters` clusters, a `weak_share` of them with weak effects
     that collapse onto one generic response; model_b shares model_a's structure (`agreement`) plus its
     own noise. `coupled`: the routing Jacobians follow the KDs' ΔY (as in a trained model) or not (the
     null of the whole-model routing tests). `plant` adds signal for a set of KDs or genes:
     {"kds": [...], "genes": [...], "size": s}. `cluster` and `magnitude` [n_kds] replace the drawn ones
-    (the weak share still applies), `spread` is the members' scatter about their cluster's centroid, and
+    (the weak share still applies), `spread` is the members' scatter about their cluster's centroid (one
+    value, or one per KD), and
     `shared` the weight of the generic response that every KD with an effect carries besides its own."""
     rng = np.random.default_rng(seed)
     genes = tuple(f"g{i:02d}" for i in range(n_genes))
@@ -183,7 +192,7 @@ def world(seed: int, n_kds: int = 60, n_genes: int = 40, hidden: int = 12, n_set
     weak = rng.random(n_kds) < weak_share
     magnitude[weak] *= 0.05
     centroids, generic = rng.normal(size=(n_clusters, n_genes)), rng.normal(size=n_genes)
-    direction = centroids[cluster] + spread * rng.normal(size=(n_kds, n_genes))
+    direction = centroids[cluster] + np.reshape(spread, (-1, 1)) * rng.normal(size=(n_kds, n_genes))
     direction[~weak] += shared * generic
     direction[weak] = generic + 0.3 * rng.normal(size=(weak.sum(), n_genes))
     plant = plant or {}

@@ -136,7 +136,7 @@ def test_demo_audit_reads_the_environment(demo_run):
     result = demo_run.audit("hepg2_fewshot")
     assert result.attention == "causal" and result.later_on_earlier == 0.0 and result.order_sensitive
     assert result.order_dependence > 0.01 and result.repeat_difference == 0.0 and result.eval_mode
-    assert result.dimension_mismatches == [] and result.dimensions["n_genes"]["checkpoint"] == 200
+    assert result.dimension_mismatches == [] and result.dimensions["n_genes"]["checkpoint"] == 234
     assert any("causal attention" in w and "8 random orderings" in w for w in result.warnings)
     assert demo_run.n_orderings("hepg2_fewshot", None) == 8 and demo_run.n_orderings("hepg2_fewshot", 3) == 3
 

@@ -186,7 +186,7 @@ CATALOGUE = [
     Mistake("checkpoint-asks-for-a-disallowed-global", _model(_checkpoint_with_payload), UnsafeCheckpointError,
             ("posix.system", "Nothing from the file was run", "trusted: true")),
     Mistake("cells-of-another-gene-count", _model(lambda tmp, e: _cells(tmp, e, lambda c: c[:, :150].copy())),
-            ModelLoadError, ("{tmp}/cells.h5ad", "50 of the model's 200 input genes", "Use cells measured on")),
+            ModelLoadError, ("{tmp}/cells.h5ad", "84 of the model's 234 input genes", "Use cells measured on")),
     Mistake("nan-in-cells", _model(lambda tmp, e: _cells(tmp, e, _nan)), ModelLoadError,
             ("{tmp}/cells.h5ad", "NaN or infinite")),
     Mistake("no-control-marker", _model(lambda tmp, e: replace(e, control_value="non_targeting")), ModelLoadError,
@@ -194,7 +194,7 @@ CATALOGUE = [
     Mistake("gene-file-of-the-wrong-length", _model(
         lambda tmp, e: (tmp / "genes.txt").write_text("".join(f"G{i}\n" for i in range(199)))
         and replace(e, genes_path=tmp / "genes.txt")),
-        ModelLoadError, ("{tmp}/genes.txt", "lists 199 genes but the model has 200 inputs")),
+        ModelLoadError, ("{tmp}/genes.txt", "lists 199 genes but the model has 234 inputs")),
     Mistake("sae-of-the-wrong-width", _wide_sae, ModelLoadError,
             ("{tmp}/sae", "reads 128 features but layer 0 of model 'm' has 64", "Fix 'sae.path' or 'sae.layer'")),
     Mistake("ko-matrix-of-the-wrong-shape", _ko_matrix, ModelLoadError, ("{tmp}/ko.npy", "shape (2, 5)",

@@ -18,6 +18,7 @@ from scipy.spatial.distance import pdist, squareform
 from scipy.stats import hypergeom, mannwhitneyu, pearsonr, rankdata, spearmanr
 from scipy.stats import t as student_t
 
+from core.errors import Inconclusive
 from suite.panels import Panel
 
 from .planted import CaseFor, run, world
@@ -77,6 +78,36 @@ def test_pert_embedding_coherence(planted):
     assert evidence.ci[0] <= evidence.effect <= evidence.ci[1]
     reference = _mc_p(lambda s: _within_minus_all(sim, list(s)), len(sim), len(members), evidence.effect)
     assert _close_p(evidence.p, reference, 2000)
+
+
+OTHER = ("g00", "g01", "g03", "g07", "g11", "g13")      # another panel of the run: 3 members
+
+
+def _within_minus_unrelated(sim: np.ndarray, members: list[int], other: set[int]) -> float:
+    """Both means over the pairs that do not both lie in the other panel."""
+    def mean(items):
+        return np.mean([sim[a, b] for a, b in itertools.combinations(items, 2) if not {a, b} <= other])
+    return float(mean(members) - mean(range(len(sim))))
+
+
+@pytest.mark.parametrize("probe", ["pert_embedding_coherence", "representation_coherence"])
+def test_coherence_leaves_out_the_pairs_another_panel_shares(planted, probe):
+    w, panel = planted
+    out, members = _rows(w)
+    other = {w.kds.index(k) for k in OTHER}
+    w.ctx.programs = (MEMBERS, OTHER)
+    try:
+        evidence = run(CaseFor(probe, LABEL)(panel, ONE), w.ctx)
+    finally:
+        w.ctx.programs = ()
+    sim = _cosine(out.embeddings[1:] if probe == "pert_embedding_coherence" else out.per_set[:8, 1:].mean(axis=0))
+    expected = _within_minus_unrelated(sim, members, other)
+    assert evidence.value == pytest.approx(expected, abs=1e-9)
+    assert expected != pytest.approx(_within_minus_all(sim, members), abs=1e-3)
+    assert "15 pairs of KDs that share another panel" in evidence.null
+    reference = _mc_p(lambda s: _within_minus_unrelated(sim, list(s), other), len(sim), len(members), expected,
+                      draws=1000)
+    assert _close_p(evidence.p, reference, 2000, 1000)
 
 
 def test_pert_embedding_nn_hit_rate(planted):
@@ -281,6 +312,31 @@ def test_routing_divergence_and_consistency(planted):
     assert evidence.value == pytest.approx(r[members].mean())
     assert evidence.effect == pytest.approx(r[members].mean() - r.mean())
     assert evidence.ci == pytest.approx(_t_interval(r[members] - r.mean()))
+
+
+def test_routing_divergence_runs_over_the_kds_either_model_learned():
+    """KDs neither model learned (untrained in both: planted `learned` masks) leave the divergence test,
+    statistic and null; a pathway made of them is inconclusive, however much they diverge."""
+    w = world(7, plant={"kds": MEMBERS, "genes": MEMBERS, "size": 1.2})
+    panel = Panel("p", kds=MEMBERS, genes=MEMBERS)
+    a, b = w.ctx.outputs["model_a"], w.ctx.outputs["model_b"]
+    only_a = np.ones(len(w.kds), bool)
+    only_a[40:50] = False                  # learned by model_b only: still judged
+    neither = np.arange(50, 60)
+    a.learned, b.learned = only_a.copy(), np.ones(len(w.kds), bool)
+    a.learned[neither], b.learned[neither] = False, False
+    try:
+        evidence = run(CaseFor("routing_divergence")(panel, PAIR), w.ctx)
+        kept = [k for k in range(len(w.kds)) if k not in set(neither)]
+        divergence = np.array([np.linalg.norm(_onehot(a, k) - _onehot(b, k))
+                               / ((np.linalg.norm(_onehot(a, k)) + np.linalg.norm(_onehot(b, k))) / 2) for k in kept])
+        members = [kept.index(w.kds.index(k)) for k in MEMBERS]
+        assert evidence.n["kds"] == 50 and evidence.n["kds_judged"] == 60
+        assert evidence.effect == pytest.approx(divergence[members].mean() - divergence.mean())
+        with pytest.raises(Inconclusive, match="neither model learned diverge by noise"):
+            run(CaseFor("routing_divergence")(Panel("p", kds=tuple(w.kds[50:58]), genes=()), PAIR), w.ctx)
+    finally:
+        a.learned = b.learned = None
 
 
 def _t_interval(values: np.ndarray) -> tuple[float, float]:

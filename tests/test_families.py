@@ -103,7 +103,7 @@ def test_a_toy_family_from_a_folder_runs_end_to_end_and_reaches_every_part_of_th
     assert case["probe"] == "toy_shift_norm" and case["side"] == "organized"
     assert case["verdict"] in ("pass", "fail") and case["params"]["toy_cells"] == 12 and case["seed"] == 3
     assert case["details"]["members"] and 0 < case["details"]["toy_norm"]
-    assert case["n"]["kds"] == 94 and case["n"]["members"] == len(case["details"]["members"])
+    assert case["n"]["kds"] == 124 and case["n"]["members"] == len(case["details"]["members"])
     assert document["cards"]["toy_shift_norm"]["family"] == "toy"
     # the synthesis reads the toy probe as the organized side of hepg2_fewshot x ribosome
     columns = [c for grid in document["synthesis"]["grids"] for c in grid["columns"]]

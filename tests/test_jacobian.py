@@ -150,6 +150,8 @@ GENES = tuple(f"G{i}" for i in range(12))
 class _Jacobians:
     """A run context of one model whose targeted Jacobians are given: J[kd][regulator] -> [G]."""
 
+    programs = ()                 # the run's panels: none besides the tested one
+
     def __init__(self, kds: list[str], jac: dict):
         from types import SimpleNamespace
 

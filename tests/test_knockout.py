@@ -13,6 +13,8 @@ from probes.knockout import knockout_matrix, load_knockout_matrix
 from suite.checks.knockout import knockouts, per_gene_spearman
 from suite.session import RunContext
 
+N_GENES = 234          # the demo models' output genes (their HVGs)
+
 
 def test_one_ko_row_equals_a_single_forward_with_the_gene_zeroed(demo_run):
     model = demo_run.model("hepg2_fewshot")
@@ -58,11 +60,11 @@ def test_registry_precomputed_matrix_is_used_instead_of_the_model(demo_registry,
 
     entry = demo_registry["jurkat_fewshot"]
     (tmp_path / "genes.txt").write_text("RPL3\nMYC\n")
-    np.save(tmp_path / "ko.npy", np.arange(400, dtype=float).reshape(2, 200))
+    np.save(tmp_path / "ko.npy", np.arange(2.0 * N_GENES).reshape(2, N_GENES))
     registry = {"j": replace(entry, name="j", knockout=KnockoutEntry(str(tmp_path / "ko.npy"),
                                                                       str(tmp_path / "genes.txt")))}
     matrix, rows, source = knockouts(RunContext(registry, torch.device("cpu")), "j", ("X",), "non-targeting", 32, 0, 1)
-    assert rows == ("RPL3", "MYC") and matrix[1, 0] == 200 and source.startswith("precomputed")
+    assert rows == ("RPL3", "MYC") and matrix[1, 0] == N_GENES and source.startswith("precomputed")
 
 
 def test_a_reinitialised_copy_computes_its_knockouts_instead_of_reading_the_trained_models_file(demo_registry,
@@ -72,13 +74,13 @@ def test_a_reinitialised_copy_computes_its_knockouts_instead_of_reading_the_trai
 
     entry = demo_registry["jurkat_fewshot"]
     (tmp_path / "genes.txt").write_text("RPL3\nMYC\n")
-    np.save(tmp_path / "ko.npy", np.arange(400, dtype=float).reshape(2, 200))
+    np.save(tmp_path / "ko.npy", np.arange(2.0 * N_GENES).reshape(2, N_GENES))
     registry = {"j": replace(entry, name="j", knockout=KnockoutEntry(str(tmp_path / "ko.npy"),
                                                                       str(tmp_path / "genes.txt")))}
     ctx = RunContext(registry, torch.device("cpu"))
     matrix, rows, source = knockouts(ctx, reinitialised_name("j", 0), ("RPL3", "MYC"), "non-targeting", 32, 0, 1)
     assert rows == ("RPL3", "MYC") and source.startswith("predicted")
-    assert matrix.shape == (2, 200) and not np.array_equal(matrix, np.arange(400).reshape(2, 200))
+    assert matrix.shape == (2, N_GENES) and not np.array_equal(matrix, np.arange(2.0 * N_GENES).reshape(2, N_GENES))
 
 
 def _planted_ko(tmp_path, model, seed=0):
@@ -87,10 +89,10 @@ def _planted_ko(tmp_path, model, seed=0):
     direction of their own, the rest private directions; sizes alike throughout."""
     rng = np.random.default_rng(seed)
     genes = list(model.gene_names[:60])
-    generic, program = rng.normal(size=200), rng.normal(size=200)
-    ko = rng.normal(size=(60, 200))
-    ko[:20] = generic + 0.4 * rng.normal(size=(20, 200))
-    ko[20:28] = program + 0.9 * rng.normal(size=(8, 200))
+    generic, program = rng.normal(size=N_GENES), rng.normal(size=N_GENES)
+    ko = rng.normal(size=(60, N_GENES))
+    ko[:20] = generic + 0.4 * rng.normal(size=(20, N_GENES))
+    ko[20:28] = program + 0.9 * rng.normal(size=(8, N_GENES))
     ko *= rng.uniform(0.5, 2.0, (60, 1)) / np.linalg.norm(ko, axis=1, keepdims=True)
     np.save(tmp_path / "ko.npy", ko)
     (tmp_path / "genes.txt").write_text("\n".join(genes) + "\n")

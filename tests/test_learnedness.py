@@ -237,3 +237,49 @@ def test_untrained_one_hot_columns_are_those_still_at_their_initial_scale():
     found = untrained_columns(first.weight.detach().numpy(), onehots)
     assert not found[:10].any() and found[10:].all()
     assert untrained_columns(first.weight.detach().numpy(), onehots * 0.5) is None     # not one-hot
+
+
+# ---- the gate inside the set tests: planted screens through the real checks ---------------------
+
+def _planted_run(seed: int):
+    """A PlantedRun whose model predicts the planted screen's predictions (ΔY, and as its pert_encoder
+    output) and is judged on the screen's observed cells by the suite's own learnedness code."""
+    import torch
+
+    from .planted import Outputs, PlantedModel, PlantedRun
+
+    s = planted_screen(seed)
+    rng = np.random.default_rng(seed)
+    shifts = np.vstack([np.zeros(len(s.genes)), s.screen.predicted])
+    per_set = shifts[None] + 0.05 * rng.normal(size=(8, *shifts.shape))
+    model = PlantedModel("model_a", s.kds, s.genes, torch.from_numpy(np.abs(rng.normal(1, 0.3, (64, len(s.genes))))))
+    empty = np.zeros((1, 1, 1))
+    outputs = Outputs(shifts=shifts, per_set=per_set, embeddings=shifts.copy(), targeted=empty, knockouts=empty,
+                      routing=empty, encoder=empty, learned=~s.untrained, screen=s.screen)
+    ctx = PlantedRun({"model_a": model}, {"model_a": outputs})
+    ctx.programs = s.panels()
+    return s, ctx
+
+
+@pytest.mark.parametrize("probe", ["representation_coherence", "pert_embedding_coherence"])
+def test_planted_programs_pass_and_traps_never_do(probe):
+    """The real checks on a planted screen, the gate judged on its observed cells: the big, the partly
+    learned and the few-cell programs pass (the first version found the big and the partial ones not
+    learned: inconclusive), and no trap set passes (the collapsed KDs' predictions are one response,
+    as coherent as any program, so without the gate they would)."""
+    from suite.panels import Panel
+    from suite.verdicts import decide
+
+    from .planted import CaseFor, run
+
+    for seed in range(2):
+        s, ctx = _planted_run(seed)
+        for name in ("big", "partial", "small", "collapsed", "elsewhere", "null", "weak"):
+            case = CaseFor(probe, {"n_permutations": 199, "n_bootstrap": 0})(Panel(name, s.groups[name], ()),
+                                                                            {"model": "model_a", "pathway": name})
+            try:
+                verdict = decide(run(case, ctx), case.spec.pass_rule)[0]
+            except Exception as exc:          # Inconclusive is the gate's answer for a trap set
+                verdict = type(exc).__name__
+            expected = "pass" if name in LEARNED else "Inconclusive"
+            assert verdict == expected, (seed, name, verdict)

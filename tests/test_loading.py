@@ -42,11 +42,11 @@ def model_copy(tmp_path, demo_registry):
 def test_demo_models_load_with_their_genes_and_cells(demo_run):
     hepg2 = demo_run.model("hepg2_fewshot")
     jurkat = demo_run.model("jurkat_fewshot")
-    assert len(hepg2.gene_names) == 200 and hepg2.cells.shape == (512, 200)
+    assert len(hepg2.gene_names) == 234 and hepg2.cells.shape == (512, 234)
     assert hepg2.gene_source == "var_dims.pkl gene_names"
-    # jurkat's var_dims.pkl lists all 240 measured genes, so the names come from the cells
+    # jurkat's var_dims.pkl lists all 274 measured genes, so the names come from the cells
     assert jurkat.gene_source.startswith("control cells")
-    assert hepg2.control_pert == "non-targeting" and len(hepg2.kd_names) == 94
+    assert hepg2.control_pert == "non-targeting" and len(hepg2.kd_names) == 124
     assert not hepg2.module.training
     assert hepg2.fingerprint.startswith("sha256:") and hepg2.fingerprint != jurkat.fingerprint
 
@@ -108,7 +108,7 @@ def test_missing_files_name_what_to_do(model_copy, tmp_path):
 def test_gene_file_of_the_wrong_length_is_an_error(model_copy, tmp_path):
     genes = tmp_path / "genes.txt"
     genes.write_text("\n".join(f"G{i}" for i in range(199)))
-    with pytest.raises(ModelLoadError, match="lists 199 genes but the model has 200 inputs"):
+    with pytest.raises(ModelLoadError, match="lists 199 genes but the model has 234 inputs"):
         load_model(replace(model_copy, genes_path=genes), CPU)
 
 
@@ -118,19 +118,19 @@ def test_unresolvable_gene_basis_says_what_to_supply(model_copy, tmp_path):
 
     cells = ad.read_h5ad(model_copy.cells_path)
     wide = ad.AnnData(np.hstack([cells.X, cells.X[:, :40]]), obs=cells.obs)
-    wide.var_names = [f"G{i}" for i in range(240)]
+    wide.var_names = [f"G{i}" for i in range(274)]
     wide.write_h5ad(tmp_path / "wide.h5ad")
     var_dims = pickle.loads((model_copy.model_dir / "var_dims.pkl").read_bytes())
-    var_dims["gene_names"] = [f"G{i}" for i in range(240)]
+    var_dims["gene_names"] = [f"G{i}" for i in range(274)]
     (model_copy.model_dir / "var_dims.pkl").write_bytes(pickle.dumps(var_dims))
     with pytest.raises(ModelLoadError, match="Add 'genes: <file>'") as info:
         load_model(replace(model_copy, cells_path=tmp_path / "wide.h5ad"), CPU)
-    assert "200 genes" in str(info.value) and "240" in str(info.value)
+    assert "234 genes" in str(info.value) and "274" in str(info.value)
 
 
 def test_gene_names_come_from_the_cells_uns_where_newer_arc_state_puts_them(model_copy, tmp_path):
-    """var_dims.pkl lists every measured gene (240), and the cells hold an obsm/X_hvg matrix without a
-    highly_variable column, whose 200 columns uns["X_hvg_var_names"] names: the names come from uns."""
+    """var_dims.pkl lists every measured gene (274), and the cells hold an obsm/X_hvg matrix without a
+    highly_variable column, whose 234 columns uns["X_hvg_var_names"] names: the names come from uns."""
     import anndata as ad
 
     genes = [str(g) for g in pickle.loads((model_copy.model_dir / "var_dims.pkl").read_bytes())["gene_names"]]

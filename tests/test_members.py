@@ -39,6 +39,8 @@ def test_too_few_present_is_inconclusive_with_the_reason():
 class _Judged:
     """A run context whose only model has a given learnedness table."""
 
+    programs = ()                 # the run's panels: none besides the tested one
+
     def __init__(self, table, pooled=None):
         self.table, self.pooled, self.asked = table, pooled, []
 

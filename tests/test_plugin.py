@@ -127,7 +127,7 @@ def test_run_record_is_written_with_the_contract_fields(demo_run_result):
     explore = cases["explore-hepg2_fewshot-mixed"]
     assert (explore["verdict"], explore["expected"], explore["outcome"]) == ("fail", "exploratory", "exploratory")
     rep = cases["rep-hepg2_fewshot-ribosome"]
-    assert rep["verdict"] == "pass" and rep["value"] > 2 and rep["details"]["table"][0]["overlap"] == 8
+    assert rep["verdict"] == "pass" and rep["value"] > 2 and rep["details"]["table"][0]["overlap"] == 28
     ribo = cases["coh-hepg2_fewshot-ribosome"]
     for key in ("case_id", "hypothesis", "probe", "params", "statistic", "effect", "ci", "p", "q", "n",
                 "verdict", "expected", "outcome", "reason", "seconds"):

@@ -13,7 +13,7 @@ def test_pert_embeddings_are_the_pert_encoder_outputs(demo_run):
     i = model.pert_index("PSMA1")
     with torch.no_grad():
         single = model.module.pert_encoder(model.pert_onehots[i][None])[0].double().numpy()
-    assert emb.shape == (95, 64) and np.allclose(emb[i], single, atol=1e-6)
+    assert emb.shape == (125, 64) and np.allclose(emb[i], single, atol=1e-6)
 
 
 def test_batched_output_shift_equals_unbatched_forward_passes(demo_run):

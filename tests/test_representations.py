@@ -31,7 +31,7 @@ def test_output_shift_of_one_kd_equals_an_unbatched_forward_pass(demo_run):
     with torch.no_grad():
         plain = (arc_state_forward(model.module, sets[1], model.pert_onehots[kd]).mean(0)
                  - arc_state_forward(model.module, sets[1], model.pert_onehots[control]).mean(0))
-    assert shifts.shape == (3, 95, 200)
+    assert shifts.shape == (3, 125, 234)
     assert np.allclose(shifts[1, kd], plain.double().numpy(), atol=1e-5)
 
 

@@ -256,3 +256,30 @@ def test_vectorised_set_statistics_equal_the_one_set_versions():
     tied = np.round(sim, 1)                      # ties: both take the first maximum
     assert stats.nn_hit_rate_many(tied, sets[1:], np.arange(40)) == pytest.approx(
         [stats.nn_hit_rate(tied, s, np.arange(40)) for s in sets[1:]])
+
+
+def test_pairs_that_share_another_panel_leave_every_mean():
+    """The masked means against a loop over the pairs (members with a repeat, as a bootstrap draws them)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(25, 6))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = unit @ unit.T
+    related = stats.related_pairs(25, [[0, 1, 2, 3, 4], [3, 10, 11], [20, 21]])
+    assert related[0, 4] and related[3, 11] and not related[4, 11] and not related[2, 2]
+    assert related.sum() == 2 * (10 + 3 + 1)
+
+    def loop(members):
+        values = [sim[a, b] for i, a in enumerate(members) for b in members[i + 1:]
+                  if a != b and not ({a, b} <= {0, 1, 2, 3, 4} or {a, b} <= {3, 10, 11} or {a, b} <= {20, 21})]
+        return np.mean(values) if values else np.nan
+
+    sets = np.array([[0, 1, 2, 5, 6], [3, 10, 11, 20, 21], [0, 1, 2, 3, 4], [5, 5, 6, 7, 0]])
+    assert stats.mean_pairwise(sim, [0, 1, 2, 5, 6], related) == pytest.approx(loop([0, 1, 2, 5, 6]))
+    assert np.isnan(stats.mean_pairwise(sim, [0, 1, 2, 3, 4], related))
+    many = stats.mean_pairwise_many(sim, sets, related)
+    assert np.isnan(many[2])
+    assert many[[0, 1, 3]] == pytest.approx([loop(list(s)) for s in sets[[0, 1, 3]]])
+    assert stats.within_many(x, sets, related)[[0, 1, 3]] == pytest.approx(many[[0, 1, 3]])
+    within, background = stats.within_and_background(x, [5, 5, 6, 7, 0], related)
+    assert within == pytest.approx(loop([5, 5, 6, 7, 0]))
+    assert background == pytest.approx(loop(list(range(25))))

@@ -67,6 +67,11 @@ class Scope:
     present: list[str]         # the members used
     dropped: list[str]         # panel names the model lacks
     learned: dict = field(default_factory=dict)   # what learnedness left out and how it judged, for the card
+    # [len(kds), len(kds)] pairs of KDs that share another panel of the run (None: no such pair). A
+    # program's KDs are alike by design, so their pairs are no background: left out of the members'
+    # mean and of every null set's, a pathway is compared with KDs of other programs and of none,
+    # not with the ribosome that fills the strong end of a screen
+    related: np.ndarray | None = None
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -94,13 +99,9 @@ def scope(ctx: RunContext, models: Sequence[str], names: Sequence[str], panel: P
     pooled: dict[str, dict] = {}
     for model, table in zip(models, tables, strict=True):
         index = {k: i for i, k in enumerate(table.kds)}
-        alone = {k for k in kds if k in index and table.usable[index[k]]}
-        undetermined = [k for k in present if k in index and table.status(index[k]) == "undetermined"]
-        found = ctx.pooled_learnedness(model, tuple(undetermined)) if len(undetermined) >= 2 else None
+        alone, found = learned_kds(ctx, model, kds, present)
         if found is not None:
             pooled[model] = found.to_dict()
-            if found.status == "learned":
-                alone |= set(found.kds)
         usable &= alone
         for k in present:
             status.setdefault(k, []).append(table.status(index[k]) if k in index else "no cells")
@@ -126,8 +127,31 @@ def scope(ctx: RunContext, models: Sequence[str], names: Sequence[str], panel: P
     if pooled:
         learned |= {"pooled": pooled, "pooled_text": pooled_text(pooled).lstrip("; ")}
     position, kept_position = {k: i for i, k in enumerate(kds)}, {k: i for i, k in enumerate(kept)}
+    related = other_programs(ctx.programs, panel.kds, kept) if what == "KDs" else None
     return Scope(kept, np.array([position[k] for k in kept]), np.array([kept_position[k] for k in used]), used,
-                 dropped, learned)
+                 dropped, learned, related)
+
+
+def other_programs(programs: Sequence[Sequence[str]], panel: Sequence[str], kds: Sequence[str]) -> np.ndarray | None:
+    """stats.related_pairs of `kds` under the run's panels other than this one (None when no two
+    of the KDs share one)."""
+    index = {k: i for i, k in enumerate(kds)}
+    groups = [[index[k] for k in program if k in index] for program in programs if set(program) != set(panel)]
+    groups = [g for g in groups if len(g) >= 2]
+    return stats.related_pairs(len(kds), groups) if groups else None
+
+
+def learned_kds(ctx: RunContext, model: str, kds: Sequence[str], present: Sequence[str]):
+    """(the KDs of `kds` the model learned, the pooled judgement of the undetermined ones of `present`
+    or None): a KD learned alone, or an undetermined member whose set's shared response is learned."""
+    table = ctx.learnedness(model)
+    index = {k: i for i, k in enumerate(table.kds)}
+    alone = {k for k in kds if k in index and table.usable[index[k]]}
+    undetermined = [k for k in present if k in index and table.status(index[k]) == "undetermined"]
+    found = ctx.pooled_learnedness(model, tuple(undetermined)) if len(undetermined) >= 2 else None
+    if found is not None and found.status == "learned":
+        alone |= set(found.kds)
+    return alone, found
 
 
 def pooled_text(pooled: dict[str, dict]) -> str:
@@ -191,18 +215,26 @@ class SetCoherence:
 
 
 def set_coherence(members: np.ndarray, null_sets: np.ndarray, *, vectors: np.ndarray | None = None,
-                  similarity: np.ndarray | None = None) -> SetCoherence:
+                  similarity: np.ndarray | None = None, related: np.ndarray | None = None) -> SetCoherence:
     """The set test on row `vectors` (cosines computed from unit rows, no K x K matrix) or on a
-    precomputed `similarity` matrix (e.g. cosines after centring on the control)."""
+    precomputed `similarity` matrix (e.g. cosines after centring on the control), `related` pairs
+    (Scope.related) left out of every mean. A null set with no pair left (all of one other program)
+    says nothing and is dropped; a null left with fewer than half its sets is inconclusive."""
     if vectors is not None:
-        within, background = stats.within_and_background(vectors, members)
-        test = stats.set_permutation_test(lambda s: stats.within_and_background(vectors, s)[0], members, null_sets,
-                                          lambda sets: stats.within_many(vectors, sets))
-        return SetCoherence(within, background, test)
-    background = stats.mean_pairwise(similarity, np.arange(len(similarity)))
-    test = stats.set_permutation_test(lambda s: stats.mean_pairwise(similarity, s), members, null_sets,
-                                      lambda sets: stats.mean_pairwise_many(similarity, sets))
-    return SetCoherence(test.observed, background, test)
+        within, background = stats.within_and_background(vectors, members, related)
+        null = stats.within_many(vectors, null_sets, related)
+    else:
+        within = stats.mean_pairwise(similarity, members, related)
+        background = stats.mean_pairwise(similarity, np.arange(len(similarity)), related)
+        null = stats.mean_pairwise_many(similarity, null_sets, related)
+    if not np.isfinite(within):
+        raise Inconclusive("every pair of the pathway's members also shares another panel of the run: its "
+                           "coherence cannot be told from that panel's")
+    null = null[np.isfinite(null)]
+    if len(null) < len(null_sets) / 2:
+        raise Inconclusive(f"only {len(null)} of {len(null_sets)} null sets hold a pair of KDs that share no "
+                           "panel of the run: the KDs of the members' magnitudes are one program")
+    return SetCoherence(within, background, stats.PermutationResult(within, null, stats.exact_p(null, within)))
 
 
 def null_sets(p: NullParams, members: np.ndarray, n_kds: int, magnitude: Magnitude) -> np.ndarray:
@@ -251,6 +283,19 @@ def set_null_text(p: NullParams, n_members: int, n_kds: int, magnitude: str, uni
     return (f"magnitude-stratified permutation: {p.n_permutations} random sets of {n_members} of the {n_kds} {unit} "
             f"with the members' count in each stratum of ~{p.stratum_size} {unit} of similar {magnitude} "
             "(strata merged where the members would be more than half)")
+
+
+def background_text(related: np.ndarray | None) -> str:
+    """What the coherence statistic subtracts: all pairs, or the pairs that share no other panel."""
+    return "mean all-pairs cosine" if related is None else "mean cosine of the pairs sharing no other panel"
+
+
+def related_text(related: np.ndarray | None) -> str:
+    """The null text's note on left-out pairs, when there are any."""
+    if related is None:
+        return ""
+    return (f"; {int(related.sum()) // 2} pairs of KDs that share another panel of the run left out of every "
+            "mean (members' and null sets')")
 
 
 def histogram(null: np.ndarray, observed: float, bins: int = 30) -> dict:

@@ -74,13 +74,13 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     null_text = common.set_null_text(p, len(members), len(scope.kds), _magnitude_text(p))
     if p.statistic == "nn_hit_rate":
         return _hit_rate_evidence(p, sim, scope, everyone, null_sets, null_text, model, ctx)
-    found = common.set_coherence(members, null_sets, similarity=sim)
-    ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(sim, s) - found.background, members,
+    found = common.set_coherence(members, null_sets, similarity=sim, related=scope.related)
+    ci = stats.bootstrap_ci(lambda s: stats.mean_pairwise(sim, s, scope.related) - found.background, members,
                             np.random.default_rng(p.seed), p.n_bootstrap)
     return Evidence(
-        statistic="mean within-pathway cosine - mean all-pairs cosine" + _center_text(p),
+        statistic=f"mean within-pathway cosine - {common.background_text(scope.related)}" + _center_text(p),
         value=found.excess, effect=found.excess, ci=ci, p=found.test.p,
-        n=_sizes(p, scope, model, ctx), seed=p.seed, null=null_text,
+        n=_sizes(p, scope, model, ctx), seed=p.seed, null=null_text + common.related_text(scope.related),
         details=found.details(_heatmap(case, sim, scope.kds, members)) | {
             "null_mean_within": found.test.null_mean, "null_sd_within": found.test.null_sd,
             "excess_over_null": found.within - found.test.null_mean,

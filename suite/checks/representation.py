@@ -92,19 +92,19 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     per_set = per_set[:, scope.rows]
     members, x = scope.members, per_set.mean(axis=0)
     null_sets = common.null_sets(p, members, len(x), lambda: np.linalg.norm(x, axis=1))
-    found = common.set_coherence(members, null_sets, vectors=x)
+    found = common.set_coherence(members, null_sets, vectors=x, related=scope.related)
     within, background = found.within, found.background
     rng = np.random.default_rng(p.seed)
     boot = [np.subtract(*stats.within_and_background(per_set[rng.integers(0, len(per_set), len(per_set))].mean(0),
-                                                    members)) for _ in range(p.n_bootstrap)]
+                                                    members, scope.related)) for _ in range(p.n_bootstrap)]
     # the effect is the bias-corrected estimate, so that it and its interval are of the same number
     corrected = stats.bias_corrected_interval(within - background, boot, len(per_set))
     effect, ci = corrected if corrected else (within - background, None)
     return Evidence(
-        statistic=f"mean within-pathway cosine - mean all-pairs cosine of {label}", value=within - background,
-        effect=effect, ci=ci, p=found.test.p,
+        statistic=f"mean within-pathway cosine - {common.background_text(scope.related)} of {label}",
+        value=within - background, effect=effect, ci=ci, p=found.test.p,
         n=_sizes(p, scope, model, ctx),
-        null=common.set_null_text(p, len(members), len(x), f"{label} norm"),
+        null=common.set_null_text(p, len(members), len(x), f"{label} norm") + common.related_text(scope.related),
         seed=p.seed, details=found.details(common.similarity_heatmap(
             lambda idx: stats.cosine_similarity_matrix(x[idx]), scope.kds, members,
             {n: panel.kds for n, panel in case.spec.panels.items()}, case.axes["pathway"])) | {

@@ -315,25 +315,31 @@ def _two_sided_auroc_ci(scores: np.ndarray, members: np.ndarray) -> tuple[float,
 
 
 def divergence(case: Case, ctx: RunContext) -> Evidence:
-    """Not restricted to learned KDs: a KD one model learned and the other did not is exactly what
-    diverges, so learnedness decides no set here."""
+    """Over the KDs at least one of the two models learned: a KD one model learned and the other did
+    not is exactly what diverges, but a KD neither learned diverges by noise (two models' answers to
+    a perturbation they know nothing about), and a set of them would read as line-specific routing."""
     p: RoutingParams = case.spec.params
     kds, cmp, magnitude, names = _comparison(case, ctx, p)
     members = _pair_members(case, kds, ctx, p)
+    kds, members, rows = _learned_by_either(case, ctx, kds, members, p)
+    divergence = cmp.divergence[rows]
+    magnitude = magnitude[rows]
     neutral = _neutral(case, kds, members)
-    observed = float(cmp.divergence[members].mean())
-    null = cmp.divergence[common.null_sets(p, members, len(kds), lambda: magnitude)].mean(axis=1)
-    ratio = observed / float(cmp.divergence[neutral].mean()) if len(neutral) else float("nan")
-    ci = stats.mean_ci(cmp.divergence[members] - float(cmp.divergence.mean()))   # a mean of per-KD values
+    observed = float(divergence[members].mean())
+    null = divergence[common.null_sets(p, members, len(kds), lambda: magnitude)].mean(axis=1)
+    ratio = observed / float(divergence[neutral].mean()) if len(neutral) else float("nan")
+    ci = stats.mean_ci(divergence[members] - float(divergence.mean()))   # a mean of per-KD values
     return Evidence(
         statistic=f"mean normalised divergence ||A - B|| / mean(||A||, ||B||) of the pathway KDs' one-hot Jacobians "
-                  f"({names})", value=observed, effect=observed - float(cmp.divergence.mean()),
+                  f"({names})", value=observed, effect=observed - float(divergence.mean()),
         ci=ci,
         p=stats.exact_p(null, observed), seed=p.seed,
-        n={"members": len(members), "kds": len(kds), "neutral_kds": len(neutral), "permutations": p.n_permutations},
-        null=common.set_null_text(p, len(members), len(kds), "ΔY norm in the two models"),
-        details={"ratio_to_neutral": ratio, "mean_all_kds": float(cmp.divergence.mean()),
-                 "table": _per_kd(kds, members, cmp.divergence, "divergence"),
+        n={"members": len(members), "kds": len(kds), "kds_judged": len(cmp.divergence), "neutral_kds": len(neutral),
+           "permutations": p.n_permutations},
+        null=common.set_null_text(p, len(members), len(kds), "ΔY norm in the two models") + (
+            f"; over the {len(kds)} of {len(cmp.divergence)} KDs either model learned"),
+        details={"ratio_to_neutral": ratio, "mean_all_kds": float(divergence.mean()),
+                 "table": _per_kd(kds, members, divergence, "divergence"),
                  "null_histogram": common.histogram(null, observed)})
 
 
@@ -394,6 +400,22 @@ def _pair_members(case: Case, kds: tuple[str, ...], ctx: RunContext, p: RoutingP
     panel = case.spec.panels[case.axes["pathway"]]
     return common.member_positions(panel, panel.kds, kds, a.gene_universe | b.gene_universe, p,
                                    model=f"{a.name} and {b.name}", what="KDs")[2]
+
+
+def _learned_by_either(case: Case, ctx: RunContext, kds: tuple[str, ...], members: np.ndarray, p: RoutingParams
+                       ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """(the KDs either model learned, the members among them, their rows in `kds`)."""
+    present = [kds[i] for i in members]
+    learned = set().union(*(common.learned_kds(ctx, name, kds, present)[0] for name in case.axes["model_pair"]))
+    rows = np.array([i for i, k in enumerate(kds) if k in learned], dtype=int)
+    kept = tuple(kds[i] for i in rows)
+    used = [k for k in present if k in learned]
+    if len(used) < p.min_members or len(used) <= len(present) / 2:
+        raise Inconclusive(f"{len(used)} of the {len(present)} KDs of pathway '{case.axes['pathway']}' are learned by "
+                           f"{' or '.join(case.axes['model_pair'])} (a test needs {p.min_members} and a majority): "
+                           "KDs neither model learned diverge by noise, not by line")
+    position = {k: i for i, k in enumerate(kept)}
+    return kept, np.array([position[k] for k in used]), rows
 
 
 def _neutral(case: Case, kds: tuple[str, ...], members: np.ndarray) -> np.ndarray:
