@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup browser demo test lint demo-rebuild
+.PHONY: setup browser demo test check lint demo-rebuild
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ demo: setup
 
 test: setup browser
 	$(PY) -m pytest tests
+
+# The day-to-day tier: the suite's own tests less those marked slow (the demo end to end, long sweeps).
+check: setup
+	$(PY) -m pytest tests -m "not slow"
 
 # Debian's Chromium and ChromeDriver for the report's browser test (tests/test_browser.py).
 browser:

@@ -17,6 +17,20 @@ from .helpers import DEMO, ROOT
 pytest_plugins = ["pytester"]
 
 
+# The day-to-day tier (`make check`: `pytest tests -m "not slow"`) leaves out the tests that run the
+# demo end to end or sweep a statistic over thousands of draws; CI (`make test`) runs everything.
+SLOW_FIXTURES = {"demo_report", "calibrated", "toy_run"}
+SLOW_MODULES = {"test_nightly", "test_shard", "test_browser"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        in_slow_module = module is not None and module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES
+        if in_slow_module or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def write(tmp_path):
     """write('name.yaml', text) -> path, with the text dedented."""

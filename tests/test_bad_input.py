@@ -677,6 +677,7 @@ def small_suite(tmp_path):
             f"--cache-dir={tmp_path / 'cache'}")
 
 
+@pytest.mark.slow
 def test_a_run_killed_midway_leaves_no_record_and_a_valid_cache(small_suite, tmp_path):
     run = _suite(*small_suite, "-k", "hepg2_fewshot", start_new_session=True)
     deadline = time.time() + 240
@@ -695,6 +696,7 @@ def test_a_run_killed_midway_leaves_no_record_and_a_valid_cache(small_suite, tmp
     assert sum(c["reused"] for c in record["run"]["cache"].values()) >= 1
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_both_keep_whole_records(small_suite, tmp_path):
     runs = [_suite(*small_suite, "-k", "hepg2_fewshot"), _suite(*small_suite, "-k", "jurkat")]
     outputs = [run.communicate(timeout=600)[0] for run in runs]
@@ -810,6 +812,7 @@ def test_a_file_where_the_record_belongs_is_refused_before_any_case_runs(tmp_pat
     assert f"{tmp_path / 'reports' / part} is a file, where the suite keeps" in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_device_that_is_not_there_is_refused_before_any_case_runs(tmp_path):
     run = _suite("--device=cuda:99", f"--report-dir={tmp_path / 'reports'}", "-k", "ribosome")
     output, _ = run.communicate(timeout=300)

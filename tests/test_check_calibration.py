@@ -109,10 +109,12 @@ def test_the_calibration_tests_catch_a_test_at_1_5_alpha():
 
 @pytest.mark.parametrize(("probe", "params", "axes", "tie_prone"), SET_TESTS,
                          ids=[f"{s[0]}{'-' + '-'.join(map(str, s[1].values())) if s[1] else ''}" for s in SET_TESTS])
+@pytest.mark.slow
 def test_set_test_false_positive_rate_is_its_level(probe, params, axes, tie_prone):
     _assert_calibrated(_set_test_p_values(probe, params, axes), tie_prone)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probe", WHOLE_MODEL)
 def test_whole_model_routing_false_positive_rate_is_its_level(probe):
     ps = []
@@ -177,6 +179,7 @@ def test_power_where_programs_fill_the_magnitude_strata(probe):
     assert curve[9.0][1] <= curve[0.7][1] and curve[9.0][0] < 0.05, curve
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probe", FILLED)
 def test_level_where_programs_fill_the_magnitude_strata(probe):
     """Random panels (of 30 KDs, the crowding one, and of 8) in the same worlds: p < alpha within the
@@ -235,6 +238,7 @@ def test_power_where_another_program_fills_the_pathways_band(probe):
     assert _band_power(probe, 1.5, with_programs=True) >= 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probe", FILLED)
 def test_level_with_the_runs_programs_left_out_of_the_pairs(probe):
     """Random panels (of 10 KDs of the strongest band, the largest program's and the pathway's, and of

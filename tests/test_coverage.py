@@ -23,6 +23,7 @@ def _coverage(interval, truth: float) -> float:
     return hits / DRAWS
 
 
+@pytest.mark.slow
 def test_set_statistic_bootstrap_over_members():
     """Mean pairwise cosine of a pathway's members (coherence checks), members resampled."""
     centre = np.zeros(20)
@@ -73,6 +74,7 @@ def test_the_auroc_interval_brackets_its_estimate_even_under_perfect_separation(
     assert low <= matrix_tests.auroc(np.r_[1.0, 2, 3, 4, 5, 0, 1.5, 2.5, 3.5, 4.5], labels) <= high
 
 
+@pytest.mark.slow
 def test_the_old_percentile_bootstrap_of_kds_undercovers_the_auroc():
     """Why auroc_ci replaced it: 8 members against 60 non-members, resampled within each group."""
     truth = norm.cdf(1.2 / np.sqrt(2))
@@ -177,6 +179,7 @@ def _resample_cells(w, truth_x: np.ndarray, noise: float, rng: np.random.Generat
 PLANTED = ("g03", "g07", "g11", "g19", "g23", "g29", "g31", "g37")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", [0.5, 1.0])
 def test_representation_coherence_interval_over_cell_sets(noise):
     """representation_coherence, run as a case runs it: the true value is the statistic of the

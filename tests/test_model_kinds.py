@@ -195,6 +195,7 @@ hypotheses:
 """
 
 
+@pytest.mark.slow
 def test_a_run_over_every_kind_gives_verdicts_or_reasons_never_errors(kinds):
     root = kinds[0]
     (root / "hyp/panels").mkdir(parents=True, exist_ok=True)

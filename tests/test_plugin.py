@@ -175,6 +175,7 @@ def test_junit_xml_of_the_same_run_maps_verdicts_like_pytest(demo_run_result):
         next(c["q"] for c in record["cases"] if c["case_id"] == "coh-hepg2_fewshot-ribosome"))
 
 
+@pytest.mark.slow
 def test_spec_error_fails_the_run_with_file_and_line(tmp_path):
     (tmp_path / "bad.yaml").write_text(dedent(HYPOTHESES).replace("    probe: pert_embedding_coherence",
                                                                   "    probe: pert_embeding_coherence", 1))
@@ -185,6 +186,7 @@ def test_spec_error_fails_the_run_with_file_and_line(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_zero_hypotheses_fail_loudly(tmp_path):
     result = run_pytest(f"--hypotheses={tmp_path}", f"--report-dir={tmp_path / 'r'}")
     assert result.returncode == 2
@@ -197,6 +199,7 @@ def test_path_option_outside_the_repo_needs_an_equals_sign(tmp_path):
     assert result.returncode != 0 and "write --hypotheses=PATH" in result.stderr
 
 
+@pytest.mark.slow
 def test_xdist_workers_give_the_same_record(demo_run_result, tmp_path):
     _, report = demo_run_result
     parallel = run_pytest("-n", "2", f"--hypotheses={report.parent.parent / 'hyp'}", f"--report-dir={tmp_path}")
@@ -210,6 +213,7 @@ def test_xdist_workers_give_the_same_record(demo_run_result, tmp_path):
     assert verdicts(tmp_path / "latest") == verdicts(report)
 
 
+@pytest.mark.slow
 def test_without_observed_cells_a_pass_reads_unverified_everywhere(tmp_path):
     """The demo's hepg2_fewshot without its 'perturbed:' entry: which KDs it learned is not judged, so
     a pass of a KD-set test is "pass (unverified: no observed cells)" in the terminal, the record, the
