@@ -323,20 +323,17 @@ def test_routing_divergence_runs_over_the_kds_either_model_learned():
     only_a = np.ones(len(w.kds), bool)
     only_a[40:50] = False                  # learned by model_b only: still judged
     neither = np.arange(50, 60)
-    a.learned, b.learned = only_a.copy(), np.ones(len(w.kds), bool)
+    a.learned, b.learned = only_a.copy(), np.ones(len(w.kds), bool)      # a world of its own: nothing to restore
     a.learned[neither], b.learned[neither] = False, False
-    try:
-        evidence = run(CaseFor("routing_divergence")(panel, PAIR), w.ctx)
-        kept = [k for k in range(len(w.kds)) if k not in set(neither)]
-        divergence = np.array([np.linalg.norm(_onehot(a, k) - _onehot(b, k))
-                               / ((np.linalg.norm(_onehot(a, k)) + np.linalg.norm(_onehot(b, k))) / 2) for k in kept])
-        members = [kept.index(w.kds.index(k)) for k in MEMBERS]
-        assert evidence.n["kds"] == 50 and evidence.n["kds_judged"] == 60
-        assert evidence.effect == pytest.approx(divergence[members].mean() - divergence.mean())
-        with pytest.raises(Inconclusive, match="neither model learned diverge by noise"):
-            run(CaseFor("routing_divergence")(Panel("p", kds=tuple(w.kds[50:58]), genes=()), PAIR), w.ctx)
-    finally:
-        a.learned = b.learned = None
+    evidence = run(CaseFor("routing_divergence")(panel, PAIR), w.ctx)
+    kept = [k for k in range(len(w.kds)) if k not in set(neither)]
+    divergence = np.array([np.linalg.norm(_onehot(a, k) - _onehot(b, k))
+                           / ((np.linalg.norm(_onehot(a, k)) + np.linalg.norm(_onehot(b, k))) / 2) for k in kept])
+    members = [kept.index(w.kds.index(k)) for k in MEMBERS]
+    assert evidence.n["kds"] == 50 and evidence.n["kds_judged"] == 60
+    assert evidence.effect == pytest.approx(divergence[members].mean() - divergence.mean())
+    with pytest.raises(Inconclusive, match="neither model learned diverge by noise"):
+        run(CaseFor("routing_divergence")(Panel("p", kds=tuple(w.kds[50:58]), genes=()), PAIR), w.ctx)
 
 
 def _t_interval(values: np.ndarray) -> tuple[float, float]:
