@@ -87,7 +87,15 @@ def convert(tp: Any, value: Any, where: Where, parent: Any, key: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return convert(inner[0], value, where, parent, key)
+        if len(inner) == 1:
+            return convert(inner[0], value, where, parent, key)
+        # a number or a word ('directions: 64' or 'directions: all'): the first type that takes the value
+        for option in inner:
+            try:
+                return convert(option, value, where, parent, key)
+            except SpecError:
+                continue
+        raise where.error(f"expected {' or '.join(_describe(a) for a in inner)}, got {_kind(value)}", parent, key)
     if origin is Literal:
         if value not in args:
             hits = close_matches(str(value), [str(a) for a in args])
@@ -125,9 +133,15 @@ def convert(tp: Any, value: Any, where: Where, parent: Any, key: Any) -> Any:
     return value
 
 
+def _describe(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " or ".join(f"'{a}'" for a in get_args(tp))
+    return {int: "a whole number", float: "a number", str: "a text", bool: "true or false"}.get(tp, str(tp))
+
+
 def _check_limits(cls: type, name: str, value: Any, where: Where, mapping: LineDict) -> None:
     limits = getattr(cls, "LIMITS", {}).get(name)
-    if limits is None or value is None:
+    if limits is None or value is None or isinstance(value, str):
         return
     low, high = limits
     if not low <= value <= high:

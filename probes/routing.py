@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,37 +35,77 @@ Progress = Callable[[int, int], None]
 @torch.no_grad()
 def pert_jacobians(module: torch.nn.Module, cells: torch.Tensor, pert_reprs: torch.Tensor, orderings: torch.Tensor,
                    out: np.ndarray | None = None, kd_chunk: int = 1, direction_chunk: int | None = 64,
-                   progress: Progress | None = None) -> np.ndarray:
-    """[K, G, H] Jacobians of the cell-averaged prediction with respect to each KD's pert_repr,
-    averaged over `orderings` [N, S] of the cell set; written into `out` when given."""
+                   progress: Progress | None = None, directions: torch.Tensor | None = None) -> np.ndarray:
+    """[K, G, r] Jacobians of the cell-averaged prediction with respect to each KD's pert_repr, applied
+    to `directions` and averaged over `orderings` [N, S] of the cell set; written into `out` when given.
+
+    `directions` is [r, H] (the same tangents for every KD: `sketch_directions`), [K, r, H] (each KD
+    its own), or None: the H unit vectors, the full [K, G, H] Jacobians."""
     n_kds, hidden = pert_reprs.shape
-    result = out if out is not None else np.zeros((n_kds, output_width(module), hidden), dtype=np.float32)
-    directions = torch.eye(hidden, device=cells.device, dtype=cells.dtype)
+    if directions is None:
+        directions = torch.eye(hidden, device=cells.device, dtype=cells.dtype)
+    directions = directions.to(device=cells.device, dtype=cells.dtype)
+    per_kd = directions.dim() == 3
+    width = directions.shape[-2]
+    result = out if out is not None else np.zeros((n_kds, output_width(module), width), dtype=np.float32)
     encoded = [tuple(None if part is None else part[None]
                      for part in encode_cells(module, cells[order.to(cells.device)])) for order in orderings]
     with forward_mode_backbone(module, cells, pert_reprs[0]):
         for start in range(0, n_kds, kd_chunk):
             block = pert_reprs[start:start + kd_chunk]
-            total = sum(_block_jacobian(module, one, block, directions, direction_chunk) for one in encoded)
+            tangents = directions[start:start + len(block)] if per_kd else directions.expand(len(block), -1, -1)
+            total = sum(_block_jacobian(module, one, block, tangents, direction_chunk) for one in encoded)
             result[start:start + len(block)] = (total / len(encoded)).cpu().numpy()
             if progress:
                 progress(start + len(block), n_kds)
     return result
 
 
-def _block_jacobian(module: torch.nn.Module, encoded: tuple, block: torch.Tensor, directions: torch.Tensor,
+def _block_jacobian(module: torch.nn.Module, encoded: tuple, block: torch.Tensor, tangents: torch.Tensor,
                     chunk: int | None) -> torch.Tensor:
-    """[B, G, H] for a block of KDs: one forward-mode pass per pert_repr direction, vmapped; `encoded`
-    is forward.encode_cells of the set, with a leading axis of 1."""
+    """[B, G, r] for a block of KDs and their tangents [B, r, H]: one forward-mode pass per direction,
+    vmapped; `encoded` is forward.encode_cells of the set, with a leading axis of 1."""
     def mean_output(pert_repr: torch.Tensor) -> torch.Tensor:
         cell_repr, basal, batch_repr = (None if part is None else part.expand(len(pert_repr), -1, -1)
                                         for part in encoded)
         return decode(module, cell_repr, pert_repr[:, None, :], basal, batch_repr).mean(dim=1)
 
-    def column(direction: torch.Tensor) -> torch.Tensor:
-        return jvp(mean_output, (block,), (direction.expand_as(block),))[1]
+    def column(tangent: torch.Tensor) -> torch.Tensor:
+        return jvp(mean_output, (block,), (tangent,))[1]
 
-    return vmap(column, chunk_size=chunk)(directions).permute(1, 2, 0).double()
+    return vmap(column, in_dims=1, chunk_size=chunk)(tangents).permute(1, 2, 0).double()
+
+
+Sketch = Literal["rademacher", "gaussian"]
+
+
+def sketch_directions(size: int, n_directions: int, seed: int, kind: Sketch = "rademacher") -> torch.Tensor:
+    """[r, size] random directions scaled by 1/sqrt(r), so that for any two matrices A, B with `size`
+    columns the sketched inner product <A V^T, B V^T> is an unbiased estimate of <A, B> (E[V^T V] = I):
+    the Gram of sketched Jacobians estimates the Gram of the full ones (Hutchinson's estimator).
+    Rademacher signs have the smaller variance of the two; seeded, so copies and reruns share them."""
+    rng = np.random.default_rng([seed, size, n_directions])
+    draw = (rng.choice([-1.0, 1.0], size=(n_directions, size)) if kind == "rademacher"
+            else rng.standard_normal((n_directions, size)))
+    return torch.from_numpy(draw / np.sqrt(n_directions)).float()
+
+
+def direction_groups(n_directions: int, n_groups: int = 8) -> list[np.ndarray]:
+    """Contiguous groups of the sketch's directions (iid, so any split is fair) for the jackknife."""
+    return [g for g in np.array_split(np.arange(n_directions), min(n_groups, n_directions)) if len(g)]
+
+
+def group_grams(rows: np.ndarray, groups: list[np.ndarray], chunk: int = 64) -> np.ndarray:
+    """[B, K, K] the Gram of the rows' columns (last axis) in each group: they sum to the full Gram."""
+    return np.stack([streaming_gram(rows, chunk, columns=g) for g in groups])
+
+
+def jackknife_se(estimates: np.ndarray) -> float:
+    """The jackknife standard error from the leave-one-group-out estimates."""
+    estimates = np.asarray(estimates, dtype=float)
+    if len(estimates) < 2 or not np.all(np.isfinite(estimates)):
+        return float("nan")
+    return float(np.sqrt((len(estimates) - 1) / len(estimates) * ((estimates - estimates.mean()) ** 2).sum()))
 
 
 @torch.no_grad()
@@ -73,14 +114,29 @@ def encoder_jacobians(module: torch.nn.Module, onehots: torch.Tensor) -> torch.T
     return vmap(jacfwd(module.pert_encoder))(onehots)
 
 
-def streaming_gram(rows: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """[K, K] float64 Gram of the flattened rows, read `chunk` rows at a time (rows may be a memmap)."""
-    flat = rows.reshape(len(rows), -1)
+@torch.no_grad()
+def onehot_tangents(module: torch.nn.Module, onehots: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """[K, r, H]: d pert_repr / d onehot at each KD's one-hot input, applied to `directions` [r, P] of
+    the one-hot space; as pert_jacobians' per-KD directions they give dY/d onehot along them (NB08's
+    one-hot Jacobian) without forming the [K, H, P] encoder Jacobians."""
+    def along(onehot: torch.Tensor) -> torch.Tensor:
+        return vmap(lambda d: jvp(module.pert_encoder, (onehot,), (d,))[1])(directions)
+
+    return vmap(along)(onehots)
+
+
+def streaming_gram(rows: np.ndarray, chunk: int = 64, columns: np.ndarray | None = None) -> np.ndarray:
+    """[K, K] float64 Gram of the flattened rows, read `chunk` rows at a time (rows may be a memmap);
+    with `columns`, of those entries of the rows' last axis only."""
+    def read(start: int) -> np.ndarray:
+        block = np.asarray(rows[start:start + chunk], dtype=np.float64)
+        return (block if columns is None else block[..., columns]).reshape(len(block), -1)
+
     gram = np.zeros((len(rows), len(rows)))
     for i in range(0, len(rows), chunk):
-        a = np.asarray(flat[i:i + chunk], dtype=np.float64)
+        a = read(i)
         for j in range(i, len(rows), chunk):
-            b = a if j == i else np.asarray(flat[j:j + chunk], dtype=np.float64)
+            b = a if j == i else read(j)
             gram[i:i + chunk, j:j + chunk] = a @ b.T
             gram[j:j + chunk, i:i + chunk] = gram[i:i + chunk, j:j + chunk].T
     return gram
@@ -110,17 +166,21 @@ class Axes:
     variance_share: np.ndarray  # [n]: share of the stack's centred variance on each axis
 
 
-def svd_axes(gram: np.ndarray, rows: np.ndarray, n_axes: int, chunk: int = 64) -> Axes:
+def svd_axes(gram: np.ndarray, rows: np.ndarray, n_axes: int, chunk: int = 64, columns: np.ndarray | None = None
+             ) -> Axes:
     """SVD of the centred [K, G*H] stack through its Gram: U and S from the eigenvectors, and each
     right singular vector V_a = sum_k rows[k] U[k, a] / s_a in one streaming pass (the eigenvectors
-    are orthogonal to the mean, so the mean row cancels)."""
+    are orthogonal to the mean, so the mean row cancels). With `columns`, of those entries of the
+    rows' last axis only (`gram` must be theirs)."""
     values, vectors = np.linalg.eigh(centered_gram(gram))
     order = np.argsort(values)[::-1][:n_axes]
     values, vectors = np.clip(values[order], 0, None), vectors[:, order]
     singular = np.sqrt(values)
-    right = np.zeros((n_axes, *rows.shape[1:]))
+    width = rows.shape[-1] if columns is None else len(columns)
+    right = np.zeros((n_axes, *rows.shape[1:-1], width))
     for start in range(0, len(rows), chunk):
         block = np.asarray(rows[start:start + chunk], dtype=np.float64)
+        block = block if columns is None else block[..., columns]
         right += np.einsum("ka,k...->a...", vectors[start:start + chunk], block)
     right /= np.where(singular > 0, singular, 1.0).reshape(-1, *([1] * (rows.ndim - 1)))
     loadings = (right ** 2).reshape(n_axes, rows.shape[1], -1).sum(axis=2)
@@ -154,6 +214,50 @@ def compare_onehot_routing(jac_a: np.ndarray, enc_a: torch.Tensor, jac_b: np.nda
         size = (np.linalg.norm(a, axis=1) + np.linalg.norm(b, axis=1)) / 2
         divergence[rows] = np.linalg.norm(a - b, axis=1) / np.maximum(size, 1e-300)
     return RoutingComparison(correlation, divergence)
+
+
+@dataclass(frozen=True)
+class SketchedComparison:
+    """compare_sketched_routing's estimates, and the same with each group of directions left out."""
+
+    estimate: RoutingComparison
+    leave_one_out: tuple[RoutingComparison, ...]
+
+
+def compare_sketched_routing(rows_a: np.ndarray, rows_b: np.ndarray, genes_a: list[int], genes_b: list[int],
+                             direction_sums: np.ndarray, n_vocab: int, groups: list[np.ndarray], chunk: int = 64
+                             ) -> SketchedComparison:
+    """compare_onehot_routing from sketches: rows_* [K, G, r + 1] hold A_k V^T (A_k = J_k E_k on the
+    shared KD vocabulary, V = sketch_directions over that vocabulary, the same for both models) and,
+    in the last column, A_k 1 (each gene's sum over the vocabulary, exact). The sum gives A's mean
+    entry exactly, so the correlation is taken from sketches of the centred A - mean (no difference of
+    large numbers), and the divergence from the sketch of A - B itself. `direction_sums` [r] are the
+    row sums of V; `groups` split the r directions for the jackknife."""
+    n_kds, width = len(rows_a), rows_a.shape[-1] - 1
+    size = len(genes_a) * n_vocab
+    parts = np.zeros((6, n_kds, len(groups)))        # <a,b>c, <a,a>c, <b,b>c, <a,a>, <b,b>, <a-b,a-b>
+    for start in range(0, n_kds, chunk):
+        rows = slice(start, start + chunk)
+        a = np.asarray(rows_a[rows], dtype=np.float64)[:, genes_a]
+        b = np.asarray(rows_b[rows], dtype=np.float64)[:, genes_b]
+        sa, sb = a[..., :width], b[..., :width]
+        mean_a, mean_b = a[..., width].sum(axis=1) / size, b[..., width].sum(axis=1) / size
+        ca = sa - mean_a[:, None, None] * direction_sums[None, None, :]
+        cb = sb - mean_b[:, None, None] * direction_sums[None, None, :]
+        for g, columns in enumerate(groups):
+            for part, (x, y) in enumerate(((ca, cb), (ca, ca), (cb, cb), (sa, sa), (sb, sb), (sa - sb, sa - sb))):
+                parts[part, rows, g] = (x[..., columns] * y[..., columns]).sum(axis=(1, 2))
+
+    def comparison(sums: np.ndarray) -> RoutingComparison:
+        ab, aa, bb, na, nb, dd = sums
+        with np.errstate(invalid="ignore", divide="ignore"):
+            correlation = ab / np.sqrt(aa * bb)
+        typical = (np.sqrt(na) + np.sqrt(nb)) / 2
+        return RoutingComparison(correlation, np.sqrt(dd) / np.maximum(typical, 1e-300))
+
+    # both statistics are ratios of the sums, so leaving a group out needs no rescaling to r directions
+    total = parts.sum(axis=2)
+    return SketchedComparison(comparison(total), tuple(comparison(total - parts[..., g]) for g in range(len(groups))))
 
 
 def _onehot_jacobians(jac: np.ndarray, enc: torch.Tensor, genes: list[int], vocab: list[int]) -> np.ndarray:

@@ -26,7 +26,8 @@ control-task idea of probing research); the card shows the copies' values and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -37,12 +38,20 @@ from core.errors import Inconclusive
 from probes.audit import random_orderings
 from probes.embeddings import CELL_SAMPLINGS, select_cells
 from probes.routing import (
+    RoutingComparison,
+    Sketch,
     centered_cosine,
     compare_onehot_routing,
+    compare_sketched_routing,
+    direction_groups,
     encoder_jacobians,
     gram_cosine,
+    group_grams,
+    jackknife_se,
     kd_chunk,
+    onehot_tangents,
     pert_jacobians,
+    sketch_directions,
     streaming_gram,
     svd_axes,
 )
@@ -63,15 +72,22 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RoutingParams:
-    """What every routing check reads: the cells its Jacobians are taken on, and its permutations."""
+    """What every routing check reads: the cells its Jacobians are taken on, and its permutations.
+
+    `directions`: the Jacobians are taken along that many seeded random directions (`sketch`) of
+    pert_repr (of the shared KD vocabulary for the two-model checks) instead of all of them, which
+    estimates their inner products without bias (Hutchinson); the card gives the estimator's
+    jackknife standard error. `all`, or a number not below the width, computes them exactly."""
 
     n_permutations: int = 999
     cell_set_size: int | None = None            # default: the model's cell_set_len
     cell_sampling: Literal["random", "stratified", "top_magnitude"] = "random"
     cell_orderings: int | None = None           # for order-sensitive models; default --cell-orderings
+    directions: int | Literal["all"] = 64
+    sketch: Sketch = "rademacher"
     seed: int = 0
 
-    LIMITS = NullParams.LIMITS
+    LIMITS = {**NullParams.LIMITS, "directions": (2, 1_000_000)}
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,7 @@ class SelectiveParams(RoutingParams):
 
     reinit_copies: int = 3                      # re-initialised copies to beat (0: none)
 
-    LIMITS = {**NullParams.LIMITS, "reinit_copies": (0, 100)}
+    LIMITS = {**RoutingParams.LIMITS, "reinit_copies": (0, 100)}
 
 
 @dataclass(frozen=True)
@@ -107,7 +123,7 @@ class PathwayParams(RoutingParams):
     min_members: int = 3                   # fewer pathway KDs in the model(s) -> inconclusive
     on_unknown: Literal["error", "drop"] = "error"
 
-    LIMITS = NullParams.LIMITS
+    LIMITS = RoutingParams.LIMITS
 
 
 @dataclass(frozen=True)
@@ -117,7 +133,7 @@ class AxesParams(PathwayParams):
     n_axes: int = 5
     by: Literal["kd_scores", "gene_loadings"] = "kd_scores"
 
-    LIMITS = {**NullParams.LIMITS, "n_axes": (1, 100)}
+    LIMITS = {**RoutingParams.LIMITS, "n_axes": (1, 100)}
 
 
 @dataclass(frozen=True)
@@ -170,12 +186,13 @@ def _output_correlation(ctx: RunContext, name: str, p: RoutingParams, setting: t
                "null_histogram": common.histogram(result.null, result.observed)}
     if method == "spearman":     # NB07 read both: the card shows Pearson's r beside the Spearman test
         details["pearson_r"] = _pair_r(output_sim, routing_sim, "pearson")
-    return Evidence(
+    sketch = _sketch_error(ctx, name, routing, lambda gram, _: _pair_r(output_sim, centered_cosine(gram), method))
+    return _with_sketch(Evidence(
         statistic=f"{method.title()} r between pairwise ΔY cosine and pairwise Jacobian cosine (across-KD mean "
                   "removed)",
         value=result.observed, effect=result.observed, ci=ci, p=result.p, seed=p.seed,
         n={"kds": len(output_sim), "pairs": result.n_pairs, "permutations": p.n_permutations},
-        null=f"Mantel: {p.n_permutations} permutations of the KD labels of one matrix", details=details)
+        null=f"Mantel: {p.n_permutations} permutations of the KD labels of one matrix", details=details), sketch)
 
 
 def cluster_sharing(case: Case, ctx: RunContext) -> Evidence:
@@ -197,13 +214,15 @@ def _cluster_sharing(ctx: RunContext, name: str, p: RoutingParams, setting: tupl
     _, labels, routing_sim, routing = _sharing(ctx, name, p, setting)
     result = matrix_tests.group_contrast(routing_sim, labels, p.n_permutations, np.random.default_rng(p.seed))
     ci = matrix_tests.group_contrast_ci(routing_sim, labels)
-    return Evidence(
+    upper = np.triu_indices(len(labels), 1)
+    sketch = _sketch_error(ctx, name, routing, lambda gram, _: _contrast(centered_cosine(gram), labels, *upper))
+    return _with_sketch(Evidence(
         statistic="mean Jacobian cosine of same-cluster KD pairs - of different-cluster pairs (clusters from ΔY)",
         value=result.observed, effect=result.observed, ci=ci, p=result.p, seed=p.seed,
         n={"kds": len(labels), "clusters": len(set(labels.tolist())), "permutations": p.n_permutations},
         null=f"{p.n_permutations} permutations of the ΔY cluster labels (cluster sizes kept)",
         details={"cells": routing.cells, "cluster_sizes": np.bincount(labels).tolist(),
-                 "null_histogram": common.histogram(result.null, result.observed)})
+                 "null_histogram": common.histogram(result.null, result.observed)}), sketch)
 
 
 def _contrast(sim: np.ndarray, labels: np.ndarray, i: np.ndarray, j: np.ndarray) -> float:
@@ -227,13 +246,22 @@ def axes(case: Case, ctx: RunContext) -> Evidence:
     found = ctx.memo(("routing_axes", model.name, _setting(ctx, model.name, p), p.seed, p.n_axes),
                      lambda: svd_axes(routing.gram, routing.jacobians, min(p.n_axes, len(routing.kds) - 1)))
     table = _axes_table(found, routing.kds, model.gene_names)
+    n_axes = found.scores.shape[1]
+
+    def axes_without(gram: np.ndarray, columns: np.ndarray):
+        return svd_axes(gram, routing.jacobians, n_axes, columns=columns)
+
     if p.by == "kd_scores":
-        return _kd_separation(case, ctx, model, routing, dy, found, table, p)
-    return _gene_enrichment(case, model, found, table, p)
+        evidence, statistic = _kd_separation(case, ctx, model, routing, dy, found, table, p)
+    else:
+        evidence, statistic = _gene_enrichment(case, model, found, table, p)
+    return _with_sketch(evidence, _sketch_error(ctx, model.name, routing,
+                                                lambda gram, columns: statistic(axes_without(gram, columns))))
 
 
 def _kd_separation(case: Case, ctx: RunContext, model: LoadedModel, routing: Routing, dy: np.ndarray, found, table,
-                   p) -> Evidence:
+                   p) -> tuple[Evidence, Callable]:
+    """(the evidence, the statistic read from other axes: for the sketch's jackknife)"""
     panel = case.spec.panels[case.axes["pathway"]]
     scope = common.scope(ctx, [model.name], panel.kds, panel, routing.kds, model.gene_universe, p)
     scores = found.scores[scope.rows]
@@ -245,6 +273,10 @@ def _kd_separation(case: Case, ctx: RunContext, model: LoadedModel, routing: Rou
     for row in table:
         row["auroc"] = round(_two_sided_auroc(scores[:, row["axis"] - 1], members), 4)
     ci = _two_sided_auroc_ci(scores[:, axis], members)
+
+    def statistic(other) -> float:
+        return float(_best_auroc(other.scores[scope.rows], members[None])[0])
+
     return Evidence(
         statistic=f"best AUROC of the pathway's KDs' scores over the top {scores.shape[1]} SVD axes "
                   "(either direction)", value=observed, effect=observed - 0.5, ci=ci, p=stats.exact_p(null, observed),
@@ -252,10 +284,10 @@ def _kd_separation(case: Case, ctx: RunContext, model: LoadedModel, routing: Rou
         null=common.set_null_text(p, len(members), len(scope.kds), "ΔY norm") + "; the best axis re-chosen each time",
         details={"best_axis": axis + 1, "table": table, "null_histogram": common.histogram(null, observed),
                  "members": scope.present, "learned": scope.learned,
-                 "scatter": _score_scatter(scores, members, tuple(scope.kds), axis)})
+                 "scatter": _score_scatter(scores, members, tuple(scope.kds), axis)}), statistic
 
 
-def _gene_enrichment(case: Case, model: LoadedModel, found, table, p: RoutingParams) -> Evidence:
+def _gene_enrichment(case: Case, model: LoadedModel, found, table, p: RoutingParams) -> tuple[Evidence, Callable]:
     panel = case.spec.panels[case.axes["pathway"]]
     present, _ = resolve_members(panel.genes, model.gene_names, model.gene_universe, panel=panel, model=model.name,
                                  what="output genes", on_unknown=p.on_unknown, min_members=p.min_members)
@@ -271,13 +303,17 @@ def _gene_enrichment(case: Case, model: LoadedModel, found, table, p: RoutingPar
     # the chosen axis's fold is the mean over member genes of G x their loading share: the Student-t interval
     # of that mean, as routing_axes' KD scores give DeLong's interval of the chosen axis
     ci = stats.mean_ci(found.gene_loadings[axis, members] * genes - 1.0)
+
+    def statistic(other) -> float:
+        return float((other.gene_loadings[:, members].sum(axis=1) * genes / len(members)).max())
+
     return Evidence(
         statistic=f"best fold enrichment of the pathway's genes in an axis's loading (top {len(table)} SVD axes)",
         value=observed, effect=observed - 1.0, ci=ci, p=stats.exact_p(null, observed), seed=p.seed,
         n={"members": len(members), "output_genes": genes, "axes": len(table), "permutations": p.n_permutations},
         null=common.set_null_text(p, len(members), genes, "mean control expression", "genes")
         + "; the best axis re-chosen each time",
-        details={"best_axis": axis + 1, "table": table, "null_histogram": common.histogram(null, observed)})
+        details={"best_axis": axis + 1, "table": table, "null_histogram": common.histogram(null, observed)}), statistic
 
 
 def _axes_table(found, kds: tuple[str, ...], genes: tuple[str, ...]) -> list[dict]:
@@ -319,17 +355,19 @@ def divergence(case: Case, ctx: RunContext) -> Evidence:
     not is exactly what diverges, but a KD neither learned diverges by noise (two models' answers to
     a perturbation they know nothing about), and a set of them would read as line-specific routing."""
     p: RoutingParams = case.spec.params
-    kds, cmp, magnitude, names = _comparison(case, ctx, p)
+    comparison = _comparison(case, ctx, p)
+    kds, cmp, names = comparison.kds, comparison.found, comparison.names
     members = _pair_members(case, kds, ctx, p)
     kds, members, rows = _learned_by_either(case, ctx, kds, members, p)
     divergence = cmp.divergence[rows]
-    magnitude = magnitude[rows]
+    magnitude = comparison.magnitude[rows]
+    sketch = comparison.error(lambda c: float(c.divergence[rows][members].mean()))
     neutral = _neutral(case, kds, members)
     observed = float(divergence[members].mean())
     null = divergence[common.null_sets(p, members, len(kds), lambda: magnitude)].mean(axis=1)
     ratio = observed / float(divergence[neutral].mean()) if len(neutral) else float("nan")
     ci = stats.mean_ci(divergence[members] - float(divergence.mean()))   # a mean of per-KD values
-    return Evidence(
+    return _with_sketch(Evidence(
         statistic=f"mean normalised divergence ||A - B|| / mean(||A||, ||B||) of the pathway KDs' one-hot Jacobians "
                   f"({names})", value=observed, effect=observed - float(divergence.mean()),
         ci=ci,
@@ -340,12 +378,13 @@ def divergence(case: Case, ctx: RunContext) -> Evidence:
             f"; over the {len(kds)} of {len(cmp.divergence)} KDs either model learned"),
         details={"ratio_to_neutral": ratio, "mean_all_kds": float(divergence.mean()),
                  "table": _per_kd(kds, members, divergence, "divergence"),
-                 "null_histogram": common.histogram(null, observed)})
+                 "null_histogram": common.histogram(null, observed)}), sketch)
 
 
 def consistency(case: Case, ctx: RunContext) -> Evidence:
     p: RoutingParams = case.spec.params
-    kds, cmp, magnitude, names = _comparison(case, ctx, p)
+    comparison = _comparison(case, ctx, p)
+    kds, cmp, magnitude, names = comparison.kds, comparison.found, comparison.magnitude, comparison.names
     panel = case.spec.panels[case.axes["pathway"]]
     a, b = (ctx.model(n) for n in case.axes["model_pair"])
     scope = common.scope(ctx, [a.name, b.name], panel.kds, panel, kds, a.gene_universe | b.gene_universe, p)
@@ -354,7 +393,8 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
     null = correlation[common.null_sets(p, members, len(scope.kds), lambda: magnitude[scope.rows])].mean(axis=1)
     overall = float(correlation.mean())
     ci = stats.mean_ci(correlation[members] - overall)                              # a mean of per-KD values
-    return Evidence(
+    sketch = comparison.error(lambda c: float(c.correlation[scope.rows][members].mean()))
+    return _with_sketch(Evidence(
         statistic=f"mean per-KD Pearson r of the pathway KDs' one-hot Jacobians ({names})", value=observed,
         effect=observed - overall, ci=ci,
         p=stats.exact_p(null, observed), seed=p.seed,
@@ -362,33 +402,79 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
         null=common.set_null_text(p, len(members), len(scope.kds), "ΔY norm in the two models"),
         details={"mean_r_all_kds": overall, "members": scope.present, "learned": scope.learned,
                  "table": _per_kd(scope.kds, members, correlation, "r"),
-                 "null_histogram": common.histogram(null, observed)})
+                 "null_histogram": common.histogram(null, observed)}), sketch)
 
 
-def _comparison(case: Case, ctx: RunContext, p: RoutingParams):
-    """(shared KDs, per-KD comparison, KD magnitude in both models, 'a vs b')."""
+@dataclass(frozen=True)
+class _Comparison:
+    """Two models' one-hot routing, KD by KD, on the KDs they share."""
+
+    kds: tuple[str, ...]
+    found: RoutingComparison
+    magnitude: np.ndarray                          # ΔY norm in both models, each scaled by its mean
+    names: str                                     # "a vs b"
+    leave_one_out: tuple[RoutingComparison, ...]   # the sketch's jackknife (empty when exact)
+    sketch: dict | None                            # _sketch_note without its SE
+
+    def error(self, statistic: Callable[[RoutingComparison], float]) -> dict | None:
+        if self.sketch is None:
+            return None
+        return _sketch_note(**self.sketch, se=jackknife_se([statistic(c) for c in self.leave_one_out]))
+
+
+def _comparison(case: Case, ctx: RunContext, p: RoutingParams) -> _Comparison:
     a, b = (ctx.model(n) for n in case.axes["model_pair"])
     settings = (_setting(ctx, a.name, p), _setting(ctx, b.name, p))
 
-    def compute():
-        (ra, dya), (rb, dyb) = (_routing_and_shifts(ctx, m.name, p, s) for m, s in zip((a, b), settings, strict=True))
-        row_a, row_b = _positions(ra.kds), _positions(rb.kds)
-        kds = [k for k in ra.kds if k in row_b]
-        ia, ib = [row_a[k] for k in kds], [row_b[k] for k in kds]
+    def compute() -> _Comparison:
+        row_b = _positions(b.kd_names)
+        kds = tuple(k for k in a.kd_names if k in row_b)
         gene_a, gene_b = _positions(a.gene_names), _positions(b.gene_names)
         genes = [g for g in a.gene_names if g in gene_b]
-        pert_a, pert_b = _positions(a.pert_names), _positions(b.pert_names)
-        vocab = [k for k in a.pert_names if k in pert_b]
-        cmp = compare_onehot_routing(
-            ra.jacobians[ia], encoder_jacobians_of(ctx, a.name)[ia],
-            rb.jacobians[ib], encoder_jacobians_of(ctx, b.name)[ib],
-            [gene_a[g] for g in genes], [gene_b[g] for g in genes], [pert_a[k] for k in vocab],
-            [pert_b[k] for k in vocab])
-        magnitude = sum(np.linalg.norm(d, axis=1) / np.linalg.norm(d, axis=1).mean() for d in (dya[ia], dyb[ib]))
-        return tuple(kds), cmp, magnitude
+        pert_b = _positions(b.pert_names)
+        vocab = tuple(k for k in a.pert_names if k in pert_b)
+        rows_a, rows_b = [gene_a[g] for g in genes], [gene_b[g] for g in genes]
+        if any(_sketched(p.directions, _pert_width(ctx, m.name)) for m in (a, b)):
+            found, loo, note = _sketched_comparison(ctx, (a, b), settings, kds, vocab, rows_a, rows_b, p)
+        else:
+            found, loo, note = _exact_comparison(ctx, (a, b), settings, kds, vocab, rows_a, rows_b, p), (), None
+        shifts = [ctx.output_shifts(m.name, size, p.seed, ctx.n_orderings(m.name, p.cell_orderings), sampling)
+                  [[m.pert_index(k) for k in kds]] for m, (size, sampling) in zip((a, b), settings, strict=True)]
+        magnitude = sum(np.linalg.norm(d, axis=1) / np.linalg.norm(d, axis=1).mean() for d in shifts)
+        return _Comparison(kds, found, magnitude, f"{a.name} vs {b.name}", loo, note)
 
-    kds, cmp, magnitude = ctx.memo(("routing_comparison", a.name, b.name, settings, p.seed), compute)
-    return kds, cmp, magnitude, f"{a.name} vs {b.name}"
+    return ctx.memo(("routing_comparison", a.name, b.name, settings, p.seed, p.directions, p.sketch), compute)
+
+
+def _exact_comparison(ctx: RunContext, models, settings, kds, vocab, genes_a, genes_b, p) -> RoutingComparison:
+    """dY/d onehot = J_k E_k from every KD's full pert_repr Jacobian and encoder Jacobian."""
+    parts = []
+    for m, (size, sampling) in zip(models, settings, strict=True):
+        routing = routing_jacobians(ctx, m.name, size, p.seed, sampling, ctx.n_orderings(m.name, p.cell_orderings))
+        index = [_positions(routing.kds)[k] for k in kds]
+        pert = _positions(m.pert_names)
+        parts.append((routing.jacobians[index], encoder_jacobians_of(ctx, m.name)[index], [pert[k] for k in vocab]))
+    (jac_a, enc_a, vocab_a), (jac_b, enc_b, vocab_b) = parts
+    return compare_onehot_routing(jac_a, enc_a, jac_b, enc_b, genes_a, genes_b, vocab_a, vocab_b)
+
+
+def _sketched_comparison(ctx: RunContext, models, settings, kds, vocab, genes_a, genes_b, p):
+    """(comparison, leave-one-group-out comparisons, sketch note) from both models' one-hot Jacobians
+    along the same random directions of the shared vocabulary."""
+    directions = int(p.directions)
+    rows, sums = [], None
+    for m, (size, sampling) in zip(models, settings, strict=True):
+        found, sums = onehot_routing(ctx, m.name, kds, vocab, size, p.seed, sampling,
+                                     ctx.n_orderings(m.name, p.cell_orderings), directions, p.sketch)
+        rows.append(found)
+    exact = len(vocab) <= directions
+    groups = [np.arange(len(sums))] if exact else direction_groups(len(sums))
+    found = compare_sketched_routing(rows[0], rows[1], genes_a, genes_b, sums, len(vocab), groups)
+    if exact:
+        return found.estimate, (), None
+    note = {"directions": directions, "width": len(vocab), "kind": p.sketch, "groups": len(groups),
+            "of": "one-hot directions of the shared KD vocabulary"}
+    return found.estimate, found.leave_one_out, note
 
 
 def _positions(names) -> dict[str, int]:
@@ -472,38 +558,102 @@ class Routing:
     """One model's dY/d(pert_repr) Jacobians on one cell sample (probes/routing.py)."""
 
     kds: tuple[str, ...]        # the rows: every perturbation but the control
-    jacobians: np.ndarray       # [K, G, H] float32 (a read-only memmap when cached on disk)
-    gram: np.ndarray            # [K, K] Gram of the flattened Jacobians
+    jacobians: np.ndarray       # [K, G, r] float32 (a read-only memmap when cached on disk)
+    gram: np.ndarray            # [K, K] Gram of the flattened Jacobians (estimated when sketched)
     cells: str                  # how the cells were chosen, in words
+    hidden: int = 0             # H, the width of pert_repr
+    sketch: str | None = None   # the random directions' kind when r < H, None when exact
+
+    @property
+    def directions(self) -> int:
+        return self.jacobians.shape[-1]
 
 
-def routing_jacobians(ctx: RunContext, name: str, size: int, seed: int, sampling: str, n_orderings: int) -> Routing:
-    """Every KD's Jacobian and their Gram, from the disk cache when this model, cell sample and
-    ordering count were computed before (a memmap filled KD chunk by KD chunk, so the run never
+def routing_jacobians(ctx: RunContext, name: str, size: int, seed: int, sampling: str, n_orderings: int,
+                      directions: int | str = "all", sketch: Sketch = "rademacher") -> Routing:
+    """Every KD's Jacobian and their Gram, from the disk cache when this model, cell sample, ordering
+    count and sketch were computed before (a memmap filled KD chunk by KD chunk, so the run never
     holds [K, G, H] twice)."""
     model = ctx.model(name)
+    hidden = _pert_width(ctx, name)
+    sketched = _sketched(directions, hidden)
 
     def compute() -> Routing:
-        parts = dict(fingerprint=model.fingerprint, size=size, seed=seed, sampling=sampling, orderings=n_orderings)
         kds = model.kd_names
-        cells = select_cells(model.cells, size, seed, sampling)
         reprs = pert_reprs(model, kds)
+        parts = dict(fingerprint=model.fingerprint, size=size, seed=seed, sampling=sampling, orderings=n_orderings)
+        tangents = None
+        if sketched:        # an exact run keeps the cache keys it always had
+            parts |= {"directions": int(directions), "sketch": sketch}
+            tangents = sketch_directions(hidden, int(directions), seed, sketch)
+        cells = select_cells(model.cells, size, seed, sampling)
         orders = random_orderings(size, n_orderings, seed)
-        shape = (len(kds), len(model.gene_names), reprs.shape[1])
+        shape = (len(kds), len(model.gene_names), int(directions) if sketched else hidden)
         jac_key, gram_key = ctx.cache.key("pert_jacobians", **parts), ctx.cache.key("jacobian_gram", **parts)
         ctx.tally(name, ctx.cache.has(jac_key) and ctx.cache.has(gram_key))
+        along = f", {shape[2]} of {hidden} directions" if sketched else ""
         jac = ctx.cache.filled(jac_key, shape,
                                lambda out: pert_jacobians(
                                    model.module, cells, reprs, orders, out=out,
-                                   kd_chunk=kd_chunk(ctx.device, size, reprs.shape[1]),
+                                   kd_chunk=kd_chunk(ctx.device, size, shape[2]), directions=tangents,
                                    progress=ctx.reporter(f"routing Jacobians of {name} ({n_orderings} "
-                                                         f"ordering(s), {size} cells)", "KDs")))
+                                                         f"ordering(s), {size} cells{along})", "KDs")))
         # a non-finite Jacobian entry makes its KD's squared norm, a diagonal of the Gram, non-finite
         gram = require_finite(ctx.cache.array(gram_key, lambda: streaming_gram(jac)), "routing Jacobians", name)
-        return Routing(kds, jac, gram, f"{size} {sampling} control cells, {n_orderings} ordering(s), seed {seed}")
+        return Routing(kds, jac, gram, f"{size} {sampling} control cells, {n_orderings} ordering(s), seed {seed}",
+                       hidden, sketch if sketched else None)
 
     return ctx.stored("routing", name, compute, disk=False, size=size, seed=seed, sampling=sampling,
-                      orderings=n_orderings)
+                      orderings=n_orderings, directions=int(directions) if sketched else "all",
+                      sketch=sketch if sketched else None)
+
+
+def _sketched(directions: int | str, width: int) -> bool:
+    return directions != "all" and int(directions) < width
+
+
+def _pert_width(ctx: RunContext, name: str) -> int:
+    """H, the width of the model's pert_repr."""
+    model = ctx.model(name)
+    return ctx.memo(("pert_width", name), lambda: int(pert_reprs(model, model.kd_names[:1]).shape[1]))
+
+
+def onehot_routing(ctx: RunContext, name: str, kds: tuple[str, ...], vocab: tuple[str, ...], size: int, seed: int,
+                   sampling: str, n_orderings: int, directions: int, sketch: Sketch) -> tuple[np.ndarray, np.ndarray]:
+    """([K, G, r + 1] dY/d onehot of `kds` along r directions of the one-hot space over `vocab` (the KD
+    vocabulary two models share; the directions depend on it and the seed only, so both models get
+    the same) and, last, along the sum of those one-hots; [r] the directions' sums). With no more
+    vocabulary than directions, the directions are its unit vectors: the exact one-hot Jacobians."""
+    model = ctx.model(name)
+    if len(vocab) <= directions:
+        shared = torch.eye(len(vocab))
+    else:
+        shared = sketch_directions(len(vocab), directions, seed, sketch)
+    full = torch.zeros(len(shared) + 1, len(model.pert_names))
+    columns = [model.pert_index(k) for k in vocab]
+    full[:-1, columns] = shared
+    full[-1, columns] = 1.0
+
+    def compute() -> np.ndarray:
+        parts = dict(fingerprint=model.fingerprint, size=size, seed=seed, sampling=sampling, orderings=n_orderings,
+                     directions=len(shared), sketch=sketch, kds=kds, vocab=vocab)
+        key = ctx.cache.key("onehot_jacobians", **parts)
+        ctx.tally(name, ctx.cache.has(key))
+        onehots = model.pert_onehots[[model.pert_index(k) for k in kds]]
+        reprs = pert_reprs(model, kds)
+        cells = select_cells(model.cells, size, seed, sampling)
+        orders = random_orderings(size, n_orderings, seed)
+        shape = (len(kds), len(model.gene_names), len(full))
+        return ctx.cache.filled(key, shape, lambda out: pert_jacobians(
+            model.module, cells, reprs, orders, out=out, kd_chunk=kd_chunk(ctx.device, size, len(full)),
+            directions=require_finite(onehot_tangents(model.module, onehots, full.to(onehots)), "encoder Jacobians",
+                                      name),
+            progress=ctx.reporter(f"one-hot routing of {name} ({n_orderings} ordering(s), {size} cells, "
+                                  f"{len(shared)} of {len(vocab)} KD directions)", "KDs")))
+
+    rows = ctx.stored("onehot_routing", name, compute, disk=False, size=size, seed=seed, sampling=sampling,
+                      orderings=n_orderings, directions=directions, sketch=sketch, kds=kds, vocab=vocab)
+    return rows, shared.double().sum(dim=1).numpy()
 
 
 def encoder_jacobians_of(ctx: RunContext, name: str) -> torch.Tensor:
@@ -518,6 +668,38 @@ def encoder_jacobians_of(ctx: RunContext, name: str) -> torch.Tensor:
 
 # ---- shared -----------------------------------------------------------------------------------
 
+def _sketch_error(ctx: RunContext, name: str, routing: Routing, statistic) -> dict | None:
+    """What the sketch of `routing` costs a statistic: the jackknife standard error of
+    statistic(gram, columns) over groups of the random directions (each group left out in turn);
+    None when the Jacobians are exact."""
+    if routing.sketch is None:
+        return None
+    groups = direction_groups(routing.directions)
+    grams = ctx.memo(("routing_group_grams", name, routing.cells, routing.directions, routing.sketch),
+                     lambda: group_grams(routing.jacobians, groups))
+    everything = np.arange(routing.directions)
+    estimates = [statistic(routing.gram - grams[g], np.setdiff1d(everything, columns))
+                 for g, columns in enumerate(groups)]
+    return _sketch_note(routing.directions, routing.hidden, routing.sketch, jackknife_se(estimates), len(groups),
+                        "pert_repr directions")
+
+
+def _sketch_note(directions: int, width: int, kind: str, se: float, groups: int, of: str) -> dict:
+    """What the card and the record say of a sketched statistic."""
+    return {"directions": directions, "width": width, "kind": kind, "se": se, "groups": groups,
+            "text": f"Jacobians along {directions} random {kind} directions of {width} {of} (an unbiased estimate "
+                    f"of their inner products): standard error of the statistic {se:.2g} (jackknife over {groups} "
+                    "groups of directions); `directions: all` computes them exactly"}
+
+
+def _with_sketch(evidence: Evidence, note: dict | None) -> Evidence:
+    """The evidence, saying on its card and in the record that its Jacobians were sketched."""
+    if note is None:
+        return evidence
+    details = evidence.details | {"sketch": note, "reduced": [*evidence.details.get("reduced", []), note["text"]]}
+    return replace(evidence, n=evidence.n | {"directions": note["directions"]}, details=details)
+
+
 def _setting(ctx: RunContext, name: str, p: RoutingParams) -> tuple[int, str]:
     return (p.cell_set_size or ctx.model(name).cell_set_len, p.cell_sampling)
 
@@ -528,7 +710,7 @@ def _routing_and_shifts(ctx: RunContext, name: str, p: RoutingParams, setting: t
     model = ctx.model(name)
     size, sampling = setting
     orderings = ctx.n_orderings(name, p.cell_orderings)
-    routing = routing_jacobians(ctx, name, size, p.seed, sampling, orderings)
+    routing = routing_jacobians(ctx, name, size, p.seed, sampling, orderings, p.directions, p.sketch)
     shifts = ctx.output_shifts(name, size, p.seed, orderings, sampling)
     return routing, shifts[[model.pert_index(k) for k in routing.kds]]
 
