@@ -144,6 +144,8 @@ class PlantedRun(RunContext):
             flat = out.routing.reshape(len(out.routing), -1).astype(np.float64)
             return self.memo(("planted_routing", name),
                              lambda: Routing(model.kds, out.routing, flat @ flat.T, "planted"))
+        if kind == "pert_width":
+            return out.routing.shape[2]
         if kind == "encoder_jacobians":
             return torch.from_numpy(out.encoder)
         if kind == "pert_embeddings":

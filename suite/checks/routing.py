@@ -615,7 +615,7 @@ def _sketched(directions: int | str, width: int) -> bool:
 def _pert_width(ctx: RunContext, name: str) -> int:
     """H, the width of the model's pert_repr."""
     model = ctx.model(name)
-    return ctx.memo(("pert_width", name), lambda: int(pert_reprs(model, model.kd_names[:1]).shape[1]))
+    return ctx.stored("pert_width", name, lambda: int(pert_reprs(model, model.kd_names[:1]).shape[1]), disk=False)
 
 
 def onehot_routing(ctx: RunContext, name: str, kds: tuple[str, ...], vocab: tuple[str, ...], size: int, seed: int,
