@@ -132,16 +132,37 @@ def masked_effects(module: torch.nn.Module, sets: torch.Tensor, reprs: torch.Ten
                    chunk: int = 64, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """[N, K, G] for each of the N feature masks [N, d_sae] and each of the K perturbation
     representations [K, H]: the mean over the cells of `sets` [n, S, G] and `orderings` of the
-    patched prediction minus the model's own. One forward pass patches `chunk` masks at once."""
+    patched prediction minus the model's own. One forward pass patches `chunk` masks at once.
+
+    Everything up to block `layer` is the same for every mask, so a pass runs it once, for one set,
+    and widens the block's output to the `chunk` masks (`_shared_prefix_patch`): on the demo's
+    2-layer model, layer 0, about half of each pass. Whether the backbone allows that (its later
+    blocks broadcast a batch of one's attention mask and position terms) is checked on the first
+    pass against the full batched pass; where it does not, every pass runs whole."""
     check_supported(module)
     check_layer(module, layer)
     batch: list[torch.Tensor] = []       # the masks of the pass under way, one per batch element
+    block_of = backbone_blocks(module)[layer]
 
     def patch(_module, _inputs, output):
         return _patched(module, output, sets.shape[-2], lambda hidden: masked_delta(sae, hidden, batch[0], mode, scale))
 
+    def widened(_module, _inputs, output):
+        hidden = _hidden_of(output)
+        wide = hidden.expand(len(batch[0]), *hidden.shape[1:])
+        return patch(_module, _inputs, (wide, *output[1:]) if isinstance(output, tuple) else wide)
+
+    def run(ordered: torch.Tensor, rep: torch.Tensor, block: torch.Tensor, shared: bool) -> torch.Tensor:
+        batch[:] = [block]
+        hook = block_of.register_forward_hook(widened if shared else patch)
+        try:
+            pert = rep[None] if shared else rep.expand(len(block), -1)
+            return forward_sets(module, ordered, pert).mean(dim=1).double()
+        finally:
+            hook.remove()
+
     out = torch.zeros(len(masks), len(reprs), output_width(module), dtype=torch.float64, device=sets.device)
-    steps, done = len(reprs) * len(sets) * len(orderings), 0
+    steps, done, shared = len(reprs) * len(sets) * len(orderings), 0, None
     for k, rep in enumerate(reprs):
         for cells in sets:
             for order in orderings:
@@ -149,14 +170,22 @@ def masked_effects(module: torch.nn.Module, sets: torch.Tensor, reprs: torch.Ten
                 own = forward_sets(module, ordered, rep[None]).mean(dim=1).double()       # [1, G]
                 for start in range(0, len(masks), chunk):
                     block = masks[start:start + chunk]
-                    batch[:] = [block]
-                    hook = backbone_blocks(module)[layer].register_forward_hook(patch)
-                    try:
-                        patched = forward_sets(module, ordered, rep.expand(len(block), -1)).mean(dim=1).double()
-                    finally:
-                        hook.remove()
+                    if shared is None:
+                        full = run(ordered, rep, block, shared=False)
+                        try:
+                            shared = _same(run(ordered, rep, block, shared=True), full)
+                        except RuntimeError:        # a backbone that does not broadcast a batch of one
+                            shared = False
+                        patched = full
+                    else:
+                        patched = run(ordered, rep, block, shared)
                     out[start:start + len(block), k] += patched - own
                 done += 1
                 if progress:
                     progress(done, steps)
     return (out / (len(sets) * len(orderings))).cpu().numpy()
+
+
+def _same(widened: torch.Tensor, full: torch.Tensor) -> bool:
+    """Whether the shared-prefix pass gave the full pass's outputs, shape and values."""
+    return widened.shape == full.shape and bool(torch.allclose(widened, full, rtol=1e-4, atol=1e-6))
