@@ -63,9 +63,9 @@ def masked_delta(sae: SparseAutoencoder, hidden: torch.Tensor, masks: torch.Tens
                          "export it with its decoder weights")
     if masks.dim() == 2:
         masks = masks[:, None, :]               # [B, 1, d_sae] over the set's positions
-    if mode == "ablate":
+    if mode == "ablate":       # a hidden state of one set and B masks broadcast to [B, S, d_in]
         return -((sae.encode(hidden) * masks) @ sae.W_dec)
-    return (scale * masks @ sae.W_dec).expand_as(hidden)
+    return scale * masks @ sae.W_dec + torch.zeros_like(hidden)
 
 
 @torch.no_grad()
@@ -147,10 +147,12 @@ def masked_effects(module: torch.nn.Module, sets: torch.Tensor, reprs: torch.Ten
     def patch(_module, _inputs, output):
         return _patched(module, output, sets.shape[-2], lambda hidden: masked_delta(sae, hidden, batch[0], mode, scale))
 
-    def widened(_module, _inputs, output):
+    def widened(_module, _inputs, output):     # the SAE encodes the one set's hidden state once
         hidden = _hidden_of(output)
-        wide = hidden.expand(len(batch[0]), *hidden.shape[1:])
-        return patch(_module, _inputs, (wide, *output[1:]) if isinstance(output, tuple) else wide)
+        where = cell_positions(module, sets.shape[-2])
+        wide = hidden.expand(len(batch[0]), *hidden.shape[1:]).clone()
+        wide[:, where] = hidden[:, where] + masked_delta(sae, hidden[:, where], batch[0], mode, scale)
+        return (wide, *output[1:]) if isinstance(output, tuple) else wide
 
     def run(ordered: torch.Tensor, rep: torch.Tensor, block: torch.Tensor, shared: bool) -> torch.Tensor:
         batch[:] = [block]

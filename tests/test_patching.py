@@ -135,7 +135,8 @@ def test_batched_masks_give_each_masks_own_patched_prediction(mode, scale):
 
 @pytest.mark.parametrize("backbone", ["GPT2", "llama"])
 @pytest.mark.parametrize("layer", [0, 1])
-def test_the_shared_prefix_pass_gives_the_full_passes_effects(monkeypatch, backbone, layer):
+@pytest.mark.parametrize("mode, scale", [("ablate", 0.0), ("steer", 0.7)])
+def test_the_shared_prefix_pass_gives_the_full_passes_effects(monkeypatch, backbone, layer, mode, scale):
     """Blocks up to the patched one run once per set and are widened to the masks; the effects are
     each mask's own full forward pass's, and the shared pass is the one taken (GPT2 and Llama both
     broadcast a batch of one)."""
@@ -149,11 +150,11 @@ def test_the_shared_prefix_pass_gives_the_full_passes_effects(monkeypatch, backb
     monkeypatch.setattr(patching, "_same", lambda a, b: checks.append(same(a, b)) or checks[-1])
     chosen = [(1, 4, 9), (0,), tuple(range(0, FEATURES, 3)), (2, 3)]
     effects = masked_effects(model, cells[None], reprs[:2], sae, layer, feature_masks(chosen, FEATURES),
-                             torch.arange(8)[None], chunk=3)
+                             torch.arange(8)[None], mode, scale, chunk=3)
     assert checks == [True]
     with torch.no_grad():
         for n, features in enumerate(chosen):
-            direct = (patched_outputs(model, cells, reprs[:2], sae, layer, Intervention(features))
+            direct = (patched_outputs(model, cells, reprs[:2], sae, layer, Intervention(features, mode, scale))
                       - forward_sets(model, cells, reprs[:2])).mean(dim=1)
             assert torch.allclose(torch.from_numpy(effects[n]).float(), direct, atol=1e-5)
     assert abs(effects).max() > 1e-4
