@@ -103,18 +103,25 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x, dtype=float), where=norms > 0)
 
 
-def within_and_background(x: np.ndarray, members: Sequence[int],
-                          related: np.ndarray | None = None) -> tuple[float, float]:
+def upper_pairs(related: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) of the related pairs with i < j: what within_and_background subtracts, computed once
+    by a caller that calls it many times (a bootstrap) on one K x K matrix."""
+    return np.nonzero(np.triu(related, k=1))
+
+
+def within_and_background(x: np.ndarray, members: Sequence[int], related: np.ndarray | None = None,
+                          pairs: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
     """(mean cosine among members, mean cosine over all pairs of rows) without the full matrix:
     the all-pairs mean is (||sum of unit rows||^2 - n) / (n (n - 1)). `related` pairs are left out of
-    both means (their dot products are subtracted from the all-pairs sum)."""
+    both means (their dot products are subtracted from the all-pairs sum); `pairs` is
+    upper_pairs(related), when the caller has it."""
     unit = unit_rows(x)
     n = len(unit)
     total = unit.sum(axis=0)
     pair_sum, n_pairs = (float(total @ total) - float((unit * unit).sum())) / 2, n * (n - 1) / 2
     idx = np.asarray(members)
     if related is not None:
-        ri, rj = np.nonzero(np.triu(related, k=1))
+        ri, rj = upper_pairs(related) if pairs is None else pairs
         pair_sum -= float(np.einsum("ij,ij->", unit[ri], unit[rj]))
         n_pairs -= len(ri)
         distinct, position = np.unique(idx, return_inverse=True)     # a repeated member is not its own pair

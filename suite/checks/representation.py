@@ -95,8 +95,9 @@ def coherence(case: Case, ctx: RunContext) -> Evidence:
     found = common.set_coherence(members, null_sets, vectors=x, related=scope.related)
     within, background = found.within, found.background
     rng = np.random.default_rng(p.seed)
+    pairs = None if scope.related is None else stats.upper_pairs(scope.related)
     boot = [np.subtract(*stats.within_and_background(per_set[rng.integers(0, len(per_set), len(per_set))].mean(0),
-                                                    members, scope.related)) for _ in range(p.n_bootstrap)]
+                                                    members, scope.related, pairs)) for _ in range(p.n_bootstrap)]
     # the effect is the bias-corrected estimate, so that it and its interval are of the same number
     corrected = stats.bias_corrected_interval(within - background, boot, len(per_set))
     effect, ci = corrected if corrected else (within - background, None)
