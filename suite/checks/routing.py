@@ -243,13 +243,14 @@ def axes(case: Case, ctx: RunContext) -> Evidence:
     p: RoutingParams = case.spec.params
     model = ctx.model(case.axes["model"])
     routing, dy = _routing_and_shifts(ctx, model.name, p, _setting(ctx, model.name, p))
-    found = ctx.memo(("routing_axes", model.name, _setting(ctx, model.name, p), p.seed, p.n_axes),
-                     lambda: svd_axes(routing.gram, routing.jacobians, min(p.n_axes, len(routing.kds) - 1)))
+    key = ("routing_axes", model.name, routing.cells, routing.directions, routing.sketch, p.n_axes)
+    found = ctx.memo(key, lambda: svd_axes(routing.gram, routing.jacobians, min(p.n_axes, len(routing.kds) - 1)))
     table = _axes_table(found, routing.kds, model.gene_names)
     n_axes = found.scores.shape[1]
 
-    def axes_without(gram: np.ndarray, columns: np.ndarray):
-        return svd_axes(gram, routing.jacobians, n_axes, columns=columns)
+    def axes_without(gram: np.ndarray, columns: np.ndarray):     # the same for every pathway of the model
+        return ctx.memo((*key, "without", tuple(columns.tolist())),
+                        lambda: svd_axes(gram, routing.jacobians, n_axes, columns=columns))
 
     if p.by == "kd_scores":
         evidence, statistic = _kd_separation(case, ctx, model, routing, dy, found, table, p)
@@ -646,8 +647,8 @@ def onehot_routing(ctx: RunContext, name: str, kds: tuple[str, ...], vocab: tupl
         shape = (len(kds), len(model.gene_names), len(full))
         return ctx.cache.filled(key, shape, lambda out: pert_jacobians(
             model.module, cells, reprs, orders, out=out, kd_chunk=kd_chunk(ctx.device, size, len(full)),
-            directions=require_finite(onehot_tangents(model.module, onehots, full.to(onehots)), "encoder Jacobians",
-                                      name),
+            directions=require_finite(torch.cat([onehot_tangents(model.module, onehots[i:i + 256], full.to(onehots))
+                                                 for i in range(0, len(onehots), 256)]), "encoder Jacobians", name),
             progress=ctx.reporter(f"one-hot routing of {name} ({n_orderings} ordering(s), {size} cells, "
                                   f"{len(shared)} of {len(vocab)} KD directions)", "KDs")))
 
