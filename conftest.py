@@ -42,7 +42,7 @@ def suite_run(pytestconfig: pytest.Config) -> RunContext:
         raise pytest.UsageError(str(exc)) from None
     return RunContext(state.registry or load_registry(state.models_path), device, state.cell_orderings,
                       ArrayCache(state.cache_dir, salt=versions()), terminal_progress(pytestconfig),
-                      programs=state.programs)
+                      programs=state.programs, background=state.background, needed=state.needed)
 
 
 @pytest.fixture(scope="session")

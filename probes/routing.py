@@ -166,27 +166,36 @@ class Axes:
     variance_share: np.ndarray  # [n]: share of the stack's centred variance on each axis
 
 
-def svd_axes(gram: np.ndarray, rows: np.ndarray, n_axes: int, chunk: int = 64, columns: np.ndarray | None = None
-             ) -> Axes:
+def svd_axes(gram: np.ndarray, rows: np.ndarray, n_axes: int, chunk: int = 64, columns: np.ndarray | None = None,
+             fit: np.ndarray | None = None) -> Axes:
     """SVD of the centred [K, G*H] stack through its Gram: U and S from the eigenvectors, and each
     right singular vector V_a = sum_k rows[k] U[k, a] / s_a in one streaming pass (the eigenvectors
     are orthogonal to the mean, so the mean row cancels). With `columns`, of those entries of the
-    rows' last axis only (`gram` must be theirs)."""
-    values, vectors = np.linalg.eigh(centered_gram(gram))
+    rows' last axis only (`gram` must be theirs). With `fit` (row positions), the axes are those of
+    the `fit` rows alone and every row is scored on them: (rows[k] - mean of the fit rows) · V_a, from
+    the Gram's columns of the fit rows (for the fit rows, U s exactly)."""
+    fit = np.arange(len(gram)) if fit is None else np.asarray(fit)
+    values, vectors = np.linalg.eigh(centered_gram(gram[np.ix_(fit, fit)]))
     order = np.argsort(values)[::-1][:n_axes]
     values, vectors = np.clip(values[order], 0, None), vectors[:, order]
     singular = np.sqrt(values)
+    safe = np.where(singular > 0, singular, 1.0)
     width = rows.shape[-1] if columns is None else len(columns)
     right = np.zeros((n_axes, *rows.shape[1:-1], width))
-    for start in range(0, len(rows), chunk):
-        block = np.asarray(rows[start:start + chunk], dtype=np.float64)
+    for start in range(0, len(fit), chunk):
+        block = np.asarray(rows[fit[start:start + chunk]], dtype=np.float64)
         block = block if columns is None else block[..., columns]
         right += np.einsum("ka,k...->a...", vectors[start:start + chunk], block)
-    right /= np.where(singular > 0, singular, 1.0).reshape(-1, *([1] * (rows.ndim - 1)))
+    right /= safe.reshape(-1, *([1] * (rows.ndim - 1)))
     loadings = (right ** 2).reshape(n_axes, rows.shape[1], -1).sum(axis=2)
     loadings /= np.where(loadings.sum(axis=1, keepdims=True) > 0, loadings.sum(axis=1, keepdims=True), 1.0)
-    total = max(float(np.trace(centered_gram(gram))), np.finfo(float).tiny)
-    return Axes(scores=vectors * singular, gene_loadings=loadings, variance_share=values / total)
+    total = max(float(np.trace(centered_gram(gram[np.ix_(fit, fit)]))), np.finfo(float).tiny)
+    if len(fit) == len(gram) and (fit == np.arange(len(gram))).all():
+        scores = vectors * singular
+    else:
+        cross = gram[:, fit] @ vectors
+        scores = (cross - cross[fit].mean(axis=0)) / safe * (singular > 0)
+    return Axes(scores=scores, gene_loadings=loadings, variance_share=values / total)
 
 
 @dataclass(frozen=True)

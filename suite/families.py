@@ -60,6 +60,9 @@ class Check:
     # or differentiates input genes) and "gene_outputs" (it reads panel genes in the prediction); or a
     # function of the params, for checks whose params decide it
     needs: frozenset[str] | Callable[[Any], frozenset[str]] = frozenset()
+    # its nulls, baselines or statistic draw from the run's KDs, so a background sample
+    # (suite/background.py) shapes it and its card says so; False for checks over genes or the checkpoint
+    kd_background: bool = True
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ given, else every KD but the untrained ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -265,11 +265,13 @@ def programs_of(kds: Sequence[str], programs: Iterable[Sequence[str]]) -> list[n
 
 
 def judge(screen: Screen, untrained: np.ndarray | None = None, programs: Iterable[Sequence[str]] = (),
-          source: str = "") -> Learnedness:
+          source: str = "", background: Collection[str] | None = None) -> Learnedness:
     """Learnedness of every KD of `screen`, each judged against the generic responses of the KDs
     outside its program (`programs`: the run's panels' KD lists), `untrained` [K] from
-    `untrained_columns`."""
+    `untrained_columns`. With a `background` (suite/background.py) the generic responses are those
+    of its KDs only, as they would be of the whole screen."""
     kds = screen.kds
+    frame = _frame(kds, background)
     untrained = np.zeros(len(kds), dtype=bool) if untrained is None else untrained
     score, low, high = (np.full(len(kds), np.nan) for _ in range(3))
     if screen.judged.sum() < 3:
@@ -278,8 +280,11 @@ def judge(screen: Screen, untrained: np.ndarray | None = None, programs: Iterabl
     tail = (1 - LEVEL) / 2 * 100
     for i in np.flatnonzero(screen.judged):
         mask = screen.keep([i])
+        outside = ~own[i]
+        if frame is not None:       # a KD of no program is one of the frame's many, as it is of the screen's
+            outside = frame if own[i].sum() == 1 else outside & frame
         try:
-            q = screen.basis(~own[i], mask)
+            q = screen.basis(outside, mask)
         except ValueError:           # a program that holds all but one KD: no baseline outside it
             continue
         score[i], total, directions = _judge_one(screen.observed[i] * mask, screen.predicted[i] * mask, q)
@@ -290,7 +295,8 @@ def judge(screen: Screen, untrained: np.ndarray | None = None, programs: Iterabl
     return Learnedness(kds, score, low, high, screen.n_cells, untrained, source)
 
 
-def pooled(screen: Screen, members: Sequence[str], programs: Iterable[Sequence[str]] = ()) -> Pooled | None:
+def pooled(screen: Screen, members: Sequence[str], programs: Iterable[Sequence[str]] = (),
+           background: Collection[str] | None = None) -> Pooled | None:
     """The judgement of the shared response of `members` (KD names of `screen`): their mean observed
     shift against their mean prediction, the generic responses computed outside the set and its
     members' programs, each gene averaged over the members whose own target it is not. None with
@@ -301,6 +307,9 @@ def pooled(screen: Screen, members: Sequence[str], programs: Iterable[Sequence[s
         return None
     own = programs_of(screen.kds, programs)
     outside = ~np.any([own[i] for i in rows], axis=0)
+    frame = _frame(screen.kds, background)
+    if frame is not None:
+        outside &= frame
     # each gene's mean over the members whose own target it is not: the KDs of a complex often target
     # the complex's own genes, which carry its program, so masking every member's target would drop them
     keep = np.stack([screen.keep([i]) for i in rows])                       # [n, G]
@@ -322,6 +331,14 @@ def pooled(screen: Screen, members: Sequence[str], programs: Iterable[Sequence[s
     low, high = np.percentile(gain(draws), [tail, 100 - tail]) / total
     return Pooled(tuple(screen.kds[i] for i in rows), float(score), float(low), float(high),
                   int(screen.n_cells[rows].sum()))
+
+
+def _frame(kds: Sequence[str], background: Collection[str] | None) -> np.ndarray | None:
+    """[K] bool: the KDs of the background the generic responses come from (None: every KD)."""
+    if background is None:
+        return None
+    chosen = set(background)
+    return np.array([k in chosen for k in kds], dtype=bool)
 
 
 def from_checkpoint(kds: tuple[str, ...], untrained: np.ndarray, source: str) -> Learnedness:

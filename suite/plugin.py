@@ -1,6 +1,6 @@
 """The suite's pytest plugin (loaded through the `pytest11` entry point).
 
-Options: --models, --hypotheses, --report-dir, --device, --threads, --cell-orderings, --baseline,
+Options: --models, --hypotheses, --report-dir, --device, --threads, --cell-orderings, --background-kds, --baseline,
 --update-baseline, --cache-dir, --no-cache, --calibrate (with --null-draws, --null-inits), --shard
 (suite/shard.py: one part of the cases, for runs over several machines); the ini
 option probe_families names further probe family modules (suite/families.py), registered at start.
@@ -28,6 +28,7 @@ from fixtures.device import resolve_device, size_threads
 from fixtures.registry import ModelEntry, load_registry, registry_expectations
 from reports import history
 
+from .background import DEFAULT_SIZE, BackgroundSize, parse_size
 from .baseline import Baseline, load_baseline
 from .calibration import Calibration
 from .cases import Case, ModelInfo, expand_all
@@ -60,6 +61,8 @@ class SuiteState:
     shard: Shard | None = None
     run_cases: list[str] | None = None   # with --shard: every case id of the whole run, in order
     programs: tuple[tuple[str, ...], ...] = ()    # the KDs of every panel the hypotheses load
+    background: BackgroundSize = DEFAULT_SIZE     # --background-kds (suite/background.py)
+    needed: frozenset[str] = frozenset()          # every KD a panel names: computed whatever the sample
 
 
 STATE = pytest.StashKey[SuiteState]()
@@ -99,6 +102,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("probe_families", type="linelist", default=[],
                   help="modules of further probe families (each defines FAMILY = Family(...)); their folder goes "
                        "on pytest's 'pythonpath'")
+    group.addoption("--background-kds", default=str(DEFAULT_SIZE), metavar="N|all",
+                    help="per model, compute the panels' KDs and a seeded random sample of N KDs of the screen, "
+                         "from which every KD-set null, learnedness baseline and whole-model statistic draws; "
+                         f"all: every KD (default: {DEFAULT_SIZE})")
     group.addoption("--cell-orderings", type=int, default=8,
                     help="random cell orderings that probes average over for models whose outputs depend on "
                          "cell order (causal attention); a hypothesis's cell_orderings overrides it (default: 8)")
@@ -117,6 +124,7 @@ def pytest_configure(config: pytest.Config) -> None:
                        _calibration(config))
     state.shard = Shard.parse(config.getoption("--shard")) if config.getoption("--shard") else None
     try:
+        state.background = parse_size(config.getoption("--background-kds"))
         resolve_device(state.device_choice)      # a device that is not there: say so now, not at the first case
         state.threads = size_threads(config.getoption("--threads"),
                                      int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
@@ -242,6 +250,7 @@ def collect_cases(state: SuiteState) -> list[Case]:
     # every panel of every hypothesis, whichever cases are selected: a KD's learnedness is judged against
     # the KDs outside its program, and must not change with -k
     state.programs = tuple(dict.fromkeys(p.kds for spec in specs for p in spec.panels.values() if len(p.kds) > 1))
+    state.needed = frozenset(k for spec in specs for p in spec.panels.values() for k in (*p.kds, *p.unrelated_kds))
     infos = [ModelInfo(e.name, e.cell_line, e.split, declared_backbone(e)) for e in state.registry.values()]
     cases = expand_all(specs, infos)
     if not cases:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,6 +27,7 @@ from probes.representations import Readout, cell_sets, hidden_width, per_set_shi
 from probes.sae import SparseAutoencoder
 
 from . import learnedness
+from .background import Background, BackgroundSize, draw
 from .cache import ArrayCache
 from .progress import Progress
 
@@ -37,10 +39,15 @@ class RunContext:
 
     def __init__(self, registry: dict[str, ModelEntry], device: torch.device, cell_orderings: int = 8,
                  cache: ArrayCache | None = None, progress: Progress | None = None,
-                 programs: Sequence[Sequence[str]] = ()) -> None:
+                 programs: Sequence[Sequence[str]] = (), background: BackgroundSize = "all",
+                 needed: Collection[str] = ()) -> None:
         self.registry = registry
         # the KD lists of the run's panels: a KD's learnedness is judged against the KDs outside them
         self.programs = tuple(dict.fromkeys(tuple(p) for p in programs))
+        # the KDs a run computes: every KD its panels name, and a background sample of `background` KDs
+        # (suite/background.py)
+        self.background_size, self.needed = background, frozenset(needed)
+        self._backgrounds: dict[str, Background | None] = {}
         self.progress = progress
         self.device = device
         self.cell_orderings = cell_orderings
@@ -54,10 +61,25 @@ class RunContext:
         if name not in self._models:
             base, seed = parse_reinitialised(name)
             if seed is None:
-                self._models[name] = load_model(self.registry[name], self.device)
+                model = load_model(self.registry[name], self.device)
+                found = self._backgrounds[name] = draw(model.kd_names, self.needed, self.background_size)
+                self._models[name] = model if found is None else restricted(model, found)
             else:
                 self._models[name] = reinitialised(self.model(base), name, seed)
         return self._models[name]
+
+    def background(self, name: str) -> Background | None:
+        """The model's background sample (a re-initialised copy has its model's), None when the run
+        computes every KD of it."""
+        base = parse_reinitialised(name)[0]
+        self.model(base)
+        return self._backgrounds.get(base)
+
+    def background_sample(self, names: Sequence[str]) -> frozenset[str] | None:
+        """The KDs that nulls, baselines and whole-model statistics of these models draw from: the
+        background every one of them was given (None: every KD)."""
+        found = [b.sample for b in map(self.background, names) if b is not None]
+        return frozenset.intersection(*found) if found else None
 
     def entry(self, name: str) -> ModelEntry:
         return self.registry[parse_reinitialised(name)[0]]
@@ -128,7 +150,9 @@ class RunContext:
             learned = {"counts": counts, "kds": len(table.kds), "observed": table.observed,
                        "learned_fraction": counts["learned"] / max(len(table.kds), 1) if table.observed else None,
                        "source": table.source}
-            return self.audit(name).to_dict() | {"learnedness": learned, "inputs": self.model(name).inputs}
+            found = self.background(name)
+            return (self.audit(name).to_dict() | {"learnedness": learned, "inputs": self.model(name).inputs}
+                    | ({"background": found.to_dict()} if found else {}))
 
         return self.memo(("audit_record", name), compute)
 
@@ -178,8 +202,10 @@ class RunContext:
             in_programs = len({k for p in self.programs for k in p} & set(kds))
             programs = (f"; each KD against the KDs outside its program ({in_programs} KDs in {len(self.programs)} "
                         "panels of the run)" if self.programs else "")
-            return learnedness.judge(screen, untrained, self.programs,
-                                     source=screen.source + programs + column_note)
+            found = self.background(name)
+            sample = (f"; generic responses of the background's {len(found.sample)} KDs" if found else "")
+            return learnedness.judge(screen, untrained, self.programs, source=screen.source + programs + sample
+                                     + column_note, background=found.sample if found else None)
 
         return self.memo(("learnedness", name), compute)
 
@@ -188,7 +214,9 @@ class RunContext:
         or with fewer than 2 of them observed): suite/learnedness.pooled."""
         def compute() -> learnedness.Pooled | None:
             screen = self.observed_screen(name)
-            return None if screen is None else learnedness.pooled(screen, members, self.programs)
+            found = self.background(name)
+            return None if screen is None else learnedness.pooled(screen, members, self.programs,
+                                                                  found.sample if found else None)
 
         return self.memo(("pooled_learnedness", name, tuple(members)), compute)
 
@@ -248,6 +276,15 @@ class RunContext:
             return sae.to(self.device)
 
         return self.memo(("sae", name), compute), entry.layer
+
+
+def restricted(model: LoadedModel, background: Background) -> LoadedModel:
+    """The model with only the control and the background's KDs among its perturbations, under a
+    fingerprint of its own (its probe outputs have other rows than the whole model's)."""
+    kept = set(background.kept)
+    rows = [i for i, n in enumerate(model.pert_names) if n == model.control_pert or n in kept]
+    return replace(model, pert_names=tuple(model.pert_names[i] for i in rows), pert_onehots=model.pert_onehots[rows],
+                   fingerprint=f"{model.fingerprint}|kds:{background.digest}", all_perts=model.vocabulary)
 
 
 def _untrained(model: LoadedModel) -> np.ndarray | None:

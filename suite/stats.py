@@ -156,10 +156,14 @@ def nn_hit_rate_many(sim: np.ndarray, sets: np.ndarray, candidates: Sequence[int
     return (nearest[sets][:, :, None] == sets[:, None, :]).any(axis=2).mean(axis=1)
 
 
-def knn_table(sim: np.ndarray, k: int) -> np.ndarray:
-    """[n, k] indices of each item's k most similar other items."""
+def knn_table(sim: np.ndarray, k: int, columns: np.ndarray | None = None) -> np.ndarray:
+    """[n, k] indices of each item's k most similar other items (among `columns` when given)."""
     others = sim.astype(float, copy=True)
     np.fill_diagonal(others, -np.inf)
+    if columns is not None:
+        outside = np.ones(len(sim), dtype=bool)
+        outside[np.asarray(columns)] = False
+        others[:, outside] = -np.inf
     return np.argsort(-others, axis=1, kind="stable")[:, :k]
 
 
@@ -185,17 +189,22 @@ def neighbour_jaccards(nn_a: np.ndarray, nn_b: np.ndarray) -> np.ndarray:
                      for a, b in zip(nn_a, nn_b, strict=True)])
 
 
-def profile_correlations(sim_a: np.ndarray, sim_b: np.ndarray) -> np.ndarray:
+def profile_correlations(sim_a: np.ndarray, sim_b: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
     """[n] each item's Spearman correlation between its similarities to every other item in A and
     in B (its own entry left out): does the item keep its place among all the others across the two
-    models? Unlike a k-NN overlap it asks nothing of the order inside a block of near-identical items."""
+    models? Unlike a k-NN overlap it asks nothing of the order inside a block of near-identical items.
+    With `columns`, its similarities to those items only (a background sample of all of them)."""
     n = len(sim_a)
-    off = ~np.eye(n, dtype=bool)
-    ranks = [rankdata(sim[off].reshape(n, n - 1), axis=1) for sim in (sim_a, sim_b)]
-    centred = [r - r.mean(axis=1, keepdims=True) for r in ranks]
-    norms = np.linalg.norm(centred[0], axis=1) * np.linalg.norm(centred[1], axis=1)
+    if columns is None:
+        off = ~np.eye(n, dtype=bool)
+        ranks = [rankdata(sim[off].reshape(n, n - 1), axis=1) for sim in (sim_a, sim_b)]
+    else:
+        own = np.arange(n)[:, None] == np.asarray(columns)[None, :]
+        ranks = [rankdata(np.where(own, np.nan, sim[:, columns]), axis=1, nan_policy="omit") for sim in (sim_a, sim_b)]
+    centred = [r - np.nanmean(r, axis=1, keepdims=True) for r in ranks]
+    norms = np.sqrt(np.nansum(centred[0] ** 2, axis=1) * np.nansum(centred[1] ** 2, axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(norms > 0, (centred[0] * centred[1]).sum(axis=1) / norms, 0.0)
+        return np.where(norms > 0, np.nansum(centred[0] * centred[1], axis=1) / norms, 0.0)
 
 
 def average_linkage_clusters(x: np.ndarray, n_clusters: int) -> np.ndarray:

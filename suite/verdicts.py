@@ -141,6 +141,7 @@ def evaluate(case: Case, ctx: RunContext, record: CaseResult | None = None) -> C
         record.statistic, record.value, record.effect = evidence.statistic, evidence.value, evidence.effect
         record.ci, record.p, record.n = list(evidence.ci) if evidence.ci else None, evidence.p, dict(evidence.n)
         record.null, record.seed, record.details = evidence.null, evidence.seed, dict(evidence.details)
+        _say_background(case, ctx, record)
         record.unverified = unverified(evidence) if record.verdict == "pass" else None
     finally:
         record.seconds = round(time.perf_counter() - start, 3)
@@ -181,6 +182,16 @@ def unverified(evidence: Evidence) -> str | None:
     return (f"{UNVERIFIED}: which KDs the model learned was not judged ({learned.get('source', 'no perturbed cells')});"
             " KDs a model did not learn share one generic response and look coherent. Give the model a "
             "'perturbed:' entry in the models registry to verify this pass")
+
+
+def _say_background(case: Case, ctx: RunContext, record: CaseResult) -> None:
+    """A case whose KDs came from the run's background sample says so on its card ("reduced work")
+    and in the record (details.background, n.background_kds)."""
+    found = [b for b in map(ctx.background, case.models) if b is not None] if case.spec.check.kd_background else []
+    if found:
+        record.details["reduced"] = [*record.details.get("reduced", []), found[0].text()]
+        record.details["background"] = found[0].to_dict()
+        record.n["background_kds"] = len(ctx.background_sample(case.models) or ())
 
 
 def _audit(case: Case, ctx: RunContext) -> None:

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from suite.background import draw
 from suite.cases import Case
 from suite.checks.routing import Routing
 from suite.families import CHECKS
@@ -44,10 +45,16 @@ class PlantedModel:
     cells: torch.Tensor                      # [n_cells, G] control cells
     cell_set_len: int = 16
     control_pert: str = CONTROL
+    all_perts: tuple[str, ...] | None = None     # the one-hot space's perturbations, when kds are a selection
+    fingerprint: str = "planted"
 
     @property
     def pert_names(self) -> tuple[str, ...]:
         return (self.control_pert, *self.kds)
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        return self.all_perts or self.pert_names
 
     @property
     def kd_names(self) -> tuple[str, ...]:
@@ -235,6 +242,36 @@ def world(seed: int, n_kds: int = 60, n_genes: int = 40, hidden: int = 12, n_set
         outputs[name].sae_activity, outputs[name].sae_effects = _sae_outputs(np.random.default_rng([seed, m, 7]),
                                                                              n_kds + 1, n_genes)
     return World(PlantedRun(models, outputs), kds, genes, magnitude, cluster)
+
+
+def with_background(w: World, size: int, needed: tuple[str, ...] = (), seed: int = 0) -> World:
+    """The world as a run with `--background-kds size` sees it: each model restricted to the KDs of
+    its background (suite/background.draw: a seeded sample of `size` KDs, and `needed`), every planted
+    output cut to their rows, as RunContext.model restricts a checkpoint's perturbations."""
+    found = draw(w.kds, frozenset(needed), size, seed)
+    if found is None:
+        return w
+    kept = set(found.kept)
+    kd_rows = np.array([i for i, k in enumerate(w.kds) if k in kept])
+    pert_rows = np.concatenate([[0], kd_rows + 1])
+    models, outputs = {}, {}
+    for name, model in w.ctx.planted.items():
+        out = w.ctx.outputs[name]
+        models[name] = replace(model, kds=tuple(w.kds[i] for i in kd_rows), all_perts=model.vocabulary,
+                               fingerprint=f"planted|kds:{found.digest}")
+        outputs[name] = replace(
+            out, shifts=out.shifts[pert_rows], per_set=out.per_set[:, pert_rows], embeddings=out.embeddings[pert_rows],
+            targeted=out.targeted[pert_rows], routing=out.routing[kd_rows], encoder=out.encoder[kd_rows],
+            learned=None if out.learned is None else out.learned[kd_rows],
+            sae_activity=None if out.sae_activity is None else out.sae_activity[:, pert_rows],
+            sae_effects=None if out.sae_effects is None else out.sae_effects[:, pert_rows],
+            screen=None if out.screen is None else replace(
+                out.screen, kds=models[name].kds, predicted=out.screen.predicted[kd_rows],
+                kd_cells=tuple(out.screen.kd_cells[i] for i in kd_rows), own_gene=out.screen.own_gene[kd_rows]))
+    ctx = PlantedRun(models, outputs)
+    ctx.programs = w.ctx.programs
+    ctx._backgrounds = dict.fromkeys(models, found)
+    return replace(w, ctx=ctx)
 
 
 def _sae_outputs(rng: np.random.Generator, n_perts: int, n_genes: int, n_features: int = 256

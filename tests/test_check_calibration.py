@@ -27,9 +27,10 @@ from scipy.stats import binom
 
 from core.errors import Inconclusive
 from suite import stats
+from suite.families import CHECKS
 from suite.panels import Panel
 
-from .planted import CaseFor, run, world
+from .planted import CaseFor, run, with_background, world
 
 ALPHA, PERMUTATIONS, SEEDS, PER_SEED = 0.05, 199, 8, 250
 DRAWS = SEEDS * PER_SEED
@@ -112,6 +113,33 @@ def test_the_calibration_tests_catch_a_test_at_1_5_alpha():
 @pytest.mark.slow
 def test_set_test_false_positive_rate_is_its_level(probe, params, axes, tie_prone):
     _assert_calibrated(_set_test_p_values(probe, params, axes), tie_prone)
+
+
+BACKGROUND = 30      # of a world of 60 KDs: the run computes the sample and the panel (suite/background.py)
+
+
+# the checks a background shapes; sae_conserved_drivers finds too few conserved feature pairs over 35 KDs
+# of this small world to run at all (inconclusive), which is no level
+ON_BACKGROUND = [s for s in SET_TESTS if CHECKS[s[0]].kd_background and s[0] != "sae_conserved_drivers"]
+
+
+@pytest.mark.parametrize(("probe", "params", "axes", "tie_prone"), ON_BACKGROUND,
+                         ids=[f"{s[0]}{'-' + '-'.join(map(str, s[1].values())) if s[1] else ''}"
+                              for s in ON_BACKGROUND])
+@pytest.mark.slow
+def test_set_test_level_on_a_background_sample(probe, params, axes, tie_prone):
+    """The same nulls with the run restricted to the panel and a background of 30 of 60 KDs: the
+    null sets, baselines and profiles draw from the sample."""
+    ps = []
+    for seed in range(SEEDS):
+        w = world(100 + seed, n_kds=60, n_genes=30)
+        rng = np.random.default_rng(seed)
+        for draw in range(PER_SEED):
+            panel = _random_panel(rng, w.kds, w.genes)
+            sampled = with_background(w, BACKGROUND, panel.kds, seed=draw)
+            case = CaseFor(probe, _quick(probe, params, draw))(panel, axes)
+            ps.append(run(case, sampled.ctx).p)
+    _assert_calibrated(ps, tie_prone)
 
 
 @pytest.mark.slow

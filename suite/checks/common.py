@@ -72,6 +72,9 @@ class Scope:
     # mean and of every null set's, a pathway is compared with KDs of other programs and of none,
     # not with the ribosome that fills the strong end of a screen
     related: np.ndarray | None = None
+    # positions within `kds` of the run's background sample (suite/background.py), None without one: a
+    # statistic of a KD against "every other KD" reads these, as it would read the whole screen
+    background: np.ndarray | None = None
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -93,6 +96,11 @@ def scope(ctx: RunContext, models: Sequence[str], names: Sequence[str], panel: P
     label = " and ".join(models)
     present, dropped = resolve_members(names, kds, universe, panel=panel, model=label, what=what,
                                        on_unknown=p.on_unknown, min_members=p.min_members)
+    listed = kds
+    sample = ctx.background_sample(models) if what == "KDs" else None
+    if sample is not None:      # the members and the background sample, as a full run's members and screen
+        members = set(present)
+        kds = [k for k in kds if k in sample or k in members]
     tables = [ctx.learnedness(m) for m in models]
     usable = set(kds)
     status: dict[str, list[str]] = {}
@@ -126,10 +134,11 @@ def scope(ctx: RunContext, models: Sequence[str], names: Sequence[str], panel: P
                "source": "; ".join(f"{m}: {t.source}" for m, t in zip(models, tables, strict=True))}
     if pooled:
         learned |= {"pooled": pooled, "pooled_text": pooled_text(pooled).lstrip("; ")}
-    position, kept_position = {k: i for i, k in enumerate(kds)}, {k: i for i, k in enumerate(kept)}
+    position, kept_position = {k: i for i, k in enumerate(listed)}, {k: i for i, k in enumerate(kept)}
     related = other_programs(ctx.programs, panel.kds, kept) if what == "KDs" else None
+    background = None if sample is None else np.array([kept_position[k] for k in kept if k in sample], dtype=int)
     return Scope(kept, np.array([position[k] for k in kept]), np.array([kept_position[k] for k in used]), used,
-                 dropped, learned, related)
+                 dropped, learned, related, background)
 
 
 def other_programs(programs: Sequence[Sequence[str]], panel: Sequence[str], kds: Sequence[str]) -> np.ndarray | None:
@@ -250,7 +259,7 @@ ConsistencyStatistic = Literal["profile_correlation", "neighbour_overlap"]
 
 
 def consistency_test(sims: tuple[np.ndarray, np.ndarray], statistic: ConsistencyStatistic, k: int,
-                     members: np.ndarray, null_sets: np.ndarray
+                     members: np.ndarray, null_sets: np.ndarray, columns: np.ndarray | None = None
                      ) -> tuple[stats.PermutationResult, tuple[float, float] | None]:
     """Cross-model consistency of the members against the same on `null_sets` (both models kept as
     they are), and the CI of its excess over the null mean. Per KD, `profile_correlation` is the
@@ -259,11 +268,12 @@ def consistency_test(sims: tuple[np.ndarray, np.ndarray], statistic: Consistency
     which KD is whose nearest neighbour is noise, so the overlap misses a shared homogeneous program
     that the profiles see. Either way the statistic is a mean of per-KD values fixed by the two models
     and its interval the Student-t interval of that mean (the bootstraps of a mean of 8 values
-    undercover: tests/test_coverage.py)."""
+    undercover: tests/test_coverage.py). With `columns` (Scope.background), "every other KD" is the
+    run's background sample."""
     if statistic == "profile_correlation":
-        per_kd = stats.profile_correlations(*sims)
+        per_kd = stats.profile_correlations(*sims, columns=columns)
     else:
-        per_kd = stats.neighbour_jaccards(stats.knn_table(sims[0], k), stats.knn_table(sims[1], k))
+        per_kd = stats.neighbour_jaccards(stats.knn_table(sims[0], k, columns), stats.knn_table(sims[1], k, columns))
     result = stats.set_permutation_test(lambda s: float(per_kd[s].mean()), members, null_sets,
                                         lambda sets: per_kd[sets].mean(axis=1))
     ci = stats.mean_ci(per_kd[members] - result.null_mean)

@@ -224,8 +224,8 @@ def _coherence_rule(_params: KnockoutParams) -> PassRule:
 FAMILY = Family("knockout", (
         Check("knockout_cross_line", ("model_pair", "pathway"), KnockoutParams, cross_line,
               "zeroing a pathway gene shifts the outputs alike in two models (mean Spearman r > 0.4, beating random "
-              "genes)", _cross_line_rule, needs=GENE_LEVEL),
+              "genes)", _cross_line_rule, needs=GENE_LEVEL, kd_background=False),
         Check("knockout_coherence", ("model", "pathway"), KnockoutParams, coherence,
               "a pathway's genes have similar KO profiles in one model", _coherence_rule, side="routed",
-              needs=GENE_LEVEL),
+              needs=GENE_LEVEL, kd_background=False),
     ), Card(settings=("cell_set_size", "null_model"), reference="mean_r_all_genes"))

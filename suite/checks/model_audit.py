@@ -66,5 +66,5 @@ def default_rule(p: AuditParams) -> PassRule:
 FAMILY = Family("model_audit", (
         Check("model_audit", ("model",), AuditParams, audit_check,
               "what the checkpoint computes: attention direction, order dependence, determinism, ...", default_rule,
-              calibrated=False),
+              calibrated=False, kd_background=False),
     ), Card())

@@ -123,7 +123,7 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
     members = scope.members
     magnitude = lambda: _pair_magnitude(ctx, (model_a, model_b), scope.kds, p)  # noqa: E731
     result, ci = common.consistency_test(sims, p.statistic, p.k, members,
-                                         common.null_sets(p, members, len(scope.kds), magnitude))
+                                         common.null_sets(p, members, len(scope.kds), magnitude), scope.background)
     return Evidence(
         statistic=common.consistency_text(p.statistic, p.k, "pert_encoder") + _center_text(p),
         value=result.observed, effect=result.observed - result.null_mean, ci=ci, p=result.p,

@@ -165,7 +165,7 @@ def consistency(case: Case, ctx: RunContext) -> Evidence:
     sims = (stats.cosine_similarity_matrix(x_a), stats.cosine_similarity_matrix(x_b))
     magnitude = lambda: sum(np.argsort(np.argsort(np.linalg.norm(x, axis=1))) for x in (x_a, x_b))  # noqa: E731
     result, ci = common.consistency_test(sims, p.statistic, p.k, members,
-                                         common.null_sets(p, members, len(scope.kds), magnitude))
+                                         common.null_sets(p, members, len(scope.kds), magnitude), scope.background)
     return Evidence(
         statistic=common.consistency_text(p.statistic, p.k, label),
         value=result.observed, effect=result.observed - result.null_mean, ci=ci, p=result.p,

@@ -26,7 +26,7 @@ control-task idea of probing research); the card shows the copies' values and th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -242,15 +242,25 @@ def _selective(evidence: Evidence, ctx: RunContext, name: str, p: RoutingParams,
 def axes(case: Case, ctx: RunContext) -> Evidence:
     p: RoutingParams = case.spec.params
     model = ctx.model(case.axes["model"])
-    routing, dy = _routing_and_shifts(ctx, model.name, p, _setting(ctx, model.name, p))
-    key = ("routing_axes", model.name, routing.cells, routing.directions, routing.sketch, p.n_axes)
-    found = ctx.memo(key, lambda: svd_axes(routing.gram, routing.jacobians, min(p.n_axes, len(routing.kds) - 1)))
+    routing, dy = _routing_and_shifts(ctx, model.name, p, _setting(ctx, model.name, p), whole_model=False)
+    sample = ctx.background_sample([model.name])
+    fit = None
+    if sample is not None:
+        # the screen's axes, from its background sample and (as in a full run, where they are among all
+        # KDs) the pathway's KDs: scores of KDs the axes were not fitted to spread less than those of
+        # KDs they were, and a null of fitted KDs against members of unfitted ones would be no null
+        chosen = sample | (set(case.spec.panels[case.axes["pathway"]].kds) if p.by == "kd_scores" else set())
+        fit = np.array([i for i, k in enumerate(routing.kds) if k in chosen])
+    key = ("routing_axes", model.name, routing.cells, routing.directions, routing.sketch, p.n_axes,
+           None if fit is None else tuple(fit.tolist()))
+    found = ctx.memo(key, lambda: svd_axes(routing.gram, routing.jacobians,
+                                           min(p.n_axes, (len(routing.kds) if fit is None else len(fit)) - 1), fit=fit))
     table = _axes_table(found, routing.kds, model.gene_names)
     n_axes = found.scores.shape[1]
 
     def axes_without(gram: np.ndarray, columns: np.ndarray):     # the same for every pathway of the model
         return ctx.memo((*key, "without", tuple(columns.tolist())),
-                        lambda: svd_axes(gram, routing.jacobians, n_axes, columns=columns))
+                        lambda: svd_axes(gram, routing.jacobians, n_axes, columns=columns, fit=fit))
 
     if p.by == "kd_scores":
         evidence, statistic = _kd_separation(case, ctx, model, routing, dy, found, table, p)
@@ -432,8 +442,8 @@ def _comparison(case: Case, ctx: RunContext, p: RoutingParams) -> _Comparison:
         kds = tuple(k for k in a.kd_names if k in row_b)
         gene_a, gene_b = _positions(a.gene_names), _positions(b.gene_names)
         genes = [g for g in a.gene_names if g in gene_b]
-        pert_b = _positions(b.pert_names)
-        vocab = tuple(k for k in a.pert_names if k in pert_b)
+        pert_b = _positions(b.vocabulary)
+        vocab = tuple(k for k in a.vocabulary if k in pert_b)
         rows_a, rows_b = [gene_a[g] for g in genes], [gene_b[g] for g in genes]
         if any(_sketched(p.directions, _pert_width(ctx, m.name)) for m in (a, b)):
             found, loo, note = _sketched_comparison(ctx, (a, b), settings, kds, vocab, rows_a, rows_b, p)
@@ -453,7 +463,7 @@ def _exact_comparison(ctx: RunContext, models, settings, kds, vocab, genes_a, ge
     for m, (size, sampling) in zip(models, settings, strict=True):
         routing = routing_jacobians(ctx, m.name, size, p.seed, sampling, ctx.n_orderings(m.name, p.cell_orderings))
         index = [_positions(routing.kds)[k] for k in kds]
-        pert = _positions(m.pert_names)
+        pert = _positions(m.vocabulary)
         parts.append((routing.jacobians[index], encoder_jacobians_of(ctx, m.name)[index], [pert[k] for k in vocab]))
     (jac_a, enc_a, vocab_a), (jac_b, enc_b, vocab_b) = parts
     return compare_onehot_routing(jac_a, enc_a, jac_b, enc_b, genes_a, genes_b, vocab_a, vocab_b)
@@ -569,6 +579,12 @@ class Routing:
     def directions(self) -> int:
         return self.jacobians.shape[-1]
 
+    def among(self, kds: Collection[str]) -> Routing:
+        """The Jacobians and Gram of these KDs only (a run's background sample)."""
+        rows = [i for i, k in enumerate(self.kds) if k in kds]
+        return replace(self, kds=tuple(self.kds[i] for i in rows), jacobians=self.jacobians[rows],
+                       gram=self.gram[np.ix_(rows, rows)])
+
 
 def routing_jacobians(ctx: RunContext, name: str, size: int, seed: int, sampling: str, n_orderings: int,
                       directions: int | str = "all", sketch: Sketch = "rademacher") -> Routing:
@@ -630,8 +646,8 @@ def onehot_routing(ctx: RunContext, name: str, kds: tuple[str, ...], vocab: tupl
         shared = torch.eye(len(vocab))
     else:
         shared = sketch_directions(len(vocab), directions, seed, sketch)
-    full = torch.zeros(len(shared) + 1, len(model.pert_names))
-    columns = [model.pert_index(k) for k in vocab]
+    full = torch.zeros(len(shared) + 1, len(model.vocabulary))
+    columns = [_positions(model.vocabulary)[k] for k in vocab]
     full[:-1, columns] = shared
     full[-1, columns] = 1.0
 
@@ -676,7 +692,7 @@ def _sketch_error(ctx: RunContext, name: str, routing: Routing, statistic) -> di
     if routing.sketch is None:
         return None
     groups = direction_groups(routing.directions)
-    grams = ctx.memo(("routing_group_grams", name, routing.cells, routing.directions, routing.sketch),
+    grams = ctx.memo(("routing_group_grams", name, routing.cells, routing.directions, routing.sketch, routing.kds),
                      lambda: group_grams(routing.jacobians, groups))
     everything = np.arange(routing.directions)
     estimates = [statistic(routing.gram - grams[g], np.setdiff1d(everything, columns))
@@ -705,13 +721,18 @@ def _setting(ctx: RunContext, name: str, p: RoutingParams) -> tuple[int, str]:
     return (p.cell_set_size or ctx.model(name).cell_set_len, p.cell_sampling)
 
 
-def _routing_and_shifts(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str]
-                        ) -> tuple[Routing, np.ndarray]:
-    """The model's Jacobians and its KDs' ΔY (rows aligned) on the same cells."""
+def _routing_and_shifts(ctx: RunContext, name: str, p: RoutingParams, setting: tuple[int, str],
+                        whole_model: bool = True) -> tuple[Routing, np.ndarray]:
+    """The model's Jacobians and its KDs' ΔY (rows aligned) on the same cells: of the run's background
+    sample for a whole-model statistic, of every KD the run computed for a pathway's."""
     model = ctx.model(name)
     size, sampling = setting
     orderings = ctx.n_orderings(name, p.cell_orderings)
     routing = routing_jacobians(ctx, name, size, p.seed, sampling, orderings, p.directions, p.sketch)
+    sample = ctx.background_sample([name]) if whole_model else None
+    if sample is not None:      # a whole-model statistic of the screen, estimated on its background sample
+        routing = ctx.memo(("routing_background", name, routing.cells, routing.directions, routing.sketch),
+                           lambda: routing.among(sample))
     shifts = ctx.output_shifts(name, size, p.seed, orderings, sampling)
     return routing, shifts[[model.pert_index(k) for k in routing.kds]]
 
