@@ -152,6 +152,9 @@ class _Jacobians:
 
     programs = ()                 # the run's panels: none besides the tested one
 
+    def background_sample(self, names):     # every KD: no background sample
+        return None
+
     def __init__(self, kds: list[str], jac: dict):
         from types import SimpleNamespace
 

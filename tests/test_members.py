@@ -41,6 +41,9 @@ class _Judged:
 
     programs = ()                 # the run's panels: none besides the tested one
 
+    def background_sample(self, names):     # every KD: no background sample
+        return None
+
     def __init__(self, table, pooled=None):
         self.table, self.pooled, self.asked = table, pooled, []
 
