@@ -202,10 +202,10 @@ class RunContext:
             in_programs = len({k for p in self.programs for k in p} & set(kds))
             programs = (f"; each KD against the KDs outside its program ({in_programs} KDs in {len(self.programs)} "
                         "panels of the run)" if self.programs else "")
-            found = self.background(name)
-            sample = (f"; generic responses of the background's {len(found.sample)} KDs" if found else "")
-            return learnedness.judge(screen, untrained, self.programs, source=screen.source + programs + sample
-                                     + column_note, background=found.sample if found else None)
+            sample = self.background_sample([name])
+            said = f"; generic responses of the background's {len(sample)} KDs" if sample else ""
+            return learnedness.judge(screen, untrained, self.programs, source=screen.source + programs + said
+                                     + column_note, background=sample)
 
         return self.memo(("learnedness", name), compute)
 
@@ -214,9 +214,8 @@ class RunContext:
         or with fewer than 2 of them observed): suite/learnedness.pooled."""
         def compute() -> learnedness.Pooled | None:
             screen = self.observed_screen(name)
-            found = self.background(name)
             return None if screen is None else learnedness.pooled(screen, members, self.programs,
-                                                                  found.sample if found else None)
+                                                                  self.background_sample([name]))
 
         return self.memo(("pooled_learnedness", name, tuple(members)), compute)
 
